@@ -1,0 +1,299 @@
+// Weight-norm forward and backward on the CPU, compiled once per ISA (FASTWN_ISA).
+//
+// Both directions have the same shape: a per-d reduction over [outer, D, inner]
+// (sum v^2 forward, sum grad_w * v backward), a per-d scalar step (norm and scale, or
+// the two coefficients of grad_v and grad_g), then an elementwise pass. One driver,
+// run(), schedules that for any (outer, D, inner); the ops say what is reduced and
+// what is written. Task boundaries depend on the shape only, never on the thread
+// count, so results are bit-identical whatever torch.set_num_threads says.
+#include <algorithm>
+#include <memory>
+#include <type_traits>
+
+#include "../kernels.h"
+#include "vec.h"
+
+namespace fastwn::cpu::FASTWN_ISA {
+namespace {
+
+// Rows up to this many bytes are reduced and rescaled while still in cache (one read
+// from memory); longer rows are split into pieces and read twice.
+constexpr int64_t kRowCacheBytes = int64_t(1) << 20;
+constexpr int64_t kPiece = 16384;        // elements per reduction piece of a long segment
+constexpr int64_t kTargetTasks = 64;     // reduction tasks to aim for (load balance)
+constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16 of v
+constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
+constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <class F>
+void parallel(ParallelFor par, int64_t n, int64_t grain, F& body) {
+  par(n, grain, &body, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); });
+}
+
+template <class V, class T>
+inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, n); }
+template <class V, class T>
+inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
+
+// sum_j step over [0, n); four accumulators hide the FMA latency.
+template <class V, class Step>
+inline typename V::A reduce_row(int64_t n, Step step) {
+  constexpr int64_t W = V::W;
+  V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    a0 = step(a0, j, W);
+    a1 = step(a1, j + W, W);
+    a2 = step(a2, j + 2 * W, W);
+    a3 = step(a3, j + 3 * W, W);
+  }
+  for (; j + W <= n; j += W) a0 = step(a0, j, W);
+  if (j < n) a1 = step(a1, j, n - j);
+  return ((a0 + a1) + (a2 + a3)).hsum();
+}
+
+// acc[j] = step(acc[j], j) for j in [0, n): the column (vertical) reduction.
+template <class V, class Step>
+inline void reduce_columns(int64_t n, typename V::A* acc, Step step) {
+  for (int64_t j = 0; j < n; j += V::W) {
+    const int64_t c = std::min<int64_t>(V::W, n - j);
+    st(step(ld<V>(acc + j, c), j, c), acc + j, c);
+  }
+}
+
+template <class V, class T, class F>
+inline void write(int64_t n, T* out, F value) {
+  for (int64_t j = 0; j < n; j += V::W) {
+    const int64_t c = std::min<int64_t>(V::W, n - j);
+    st(value(j, c), out + j, c);
+  }
+}
+
+// The accumulation type: fp64 for fp64, fp32 for everything else.
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Forward: w = v * g[d] / max(norm[d], eps), norm[d] = ||v[:, d, :]||.
+template <class T>
+struct FwdOp {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  const T* v;
+  const T* g;
+  T* w;
+  A* norm;
+  A eps;
+  A* scale;  // workspace [D]
+
+  A reduce(int64_t off, int64_t n) const {
+    const T* x = v + off;
+    return reduce_row<V>(n, [x](V acc, int64_t j, int64_t c) { V a = ld<V>(x + j, c); return fma(a, a, acc); });
+  }
+  void reduce_into(int64_t off, int64_t n, A* acc) const {
+    const T* x = v + off;
+    reduce_columns<V>(n, acc, [x](V a, int64_t j, int64_t c) { V b = ld<V>(x + j, c); return fma(b, b, a); });
+  }
+  void finish(int64_t d, A sumsq) const {
+    const A n = std::sqrt(sumsq);
+    norm[d] = n;
+    scale[d] = to_acc(g[d]) / std::max(n, eps);  // max keeps NaN norms NaN
+  }
+  void apply(int64_t off, int64_t n, int64_t d) const {
+    const T* x = v + off;
+    const V s = V::set1(scale[d]);
+    write<V>(n, w + off, [x, s](int64_t j, int64_t c) { return ld<V>(x + j, c) * s; });
+  }
+  void apply_columns(int64_t off, int64_t n, int64_t d0) const {
+    const T* x = v + off;
+    const A* s = scale + d0;
+    write<V>(n, w + off, [x, s](int64_t j, int64_t c) { return ld<V>(x + j, c) * ld<V>(s + j, c); });
+  }
+};
+
+// Backward: dot[d] = <grad_w, v>[d]; grad_g = dot / n_eff;
+// grad_v = a[d] * grad_w + b[d] * v with a = g / n_eff and, unless the norm was
+// clamped by eps, b = -g * dot / norm^3 (the projection away from w).
+template <class T>
+struct BwdOp {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  const T* gw;
+  const T* v;
+  const T* g;
+  const A* norm;
+  T* gv;
+  T* gg;
+  A eps;
+  A* coef_a;  // workspace [D]
+  A* coef_b;  // workspace [D]
+
+  A reduce(int64_t off, int64_t n) const {
+    const T* x = gw + off;
+    const T* y = v + off;
+    return reduce_row<V>(n, [x, y](V acc, int64_t j, int64_t c) { return fma(ld<V>(x + j, c), ld<V>(y + j, c), acc); });
+  }
+  void reduce_into(int64_t off, int64_t n, A* acc) const {
+    const T* x = gw + off;
+    const T* y = v + off;
+    reduce_columns<V>(n, acc, [x, y](V a, int64_t j, int64_t c) { return fma(ld<V>(x + j, c), ld<V>(y + j, c), a); });
+  }
+  void finish(int64_t d, A dot) const {
+    const A n = norm[d];
+    const A n_eff = std::max(n, eps);
+    const A a = to_acc(g[d]) / n_eff;
+    gg[d] = from_acc<T>(dot / n_eff);
+    coef_a[d] = a;
+    // Written as a * (dot / n) / n so that large norms do not overflow n^3.
+    coef_b[d] = n >= eps ? -a * (dot / n) / n : A(0);
+  }
+  void apply(int64_t off, int64_t n, int64_t d) const {
+    const T* x = gw + off;
+    const T* y = v + off;
+    const V a = V::set1(coef_a[d]), b = V::set1(coef_b[d]);
+    write<V>(n, gv + off, [=](int64_t j, int64_t c) { return fma(b, ld<V>(y + j, c), a * ld<V>(x + j, c)); });
+  }
+  void apply_columns(int64_t off, int64_t n, int64_t d0) const {
+    const T* x = gw + off;
+    const T* y = v + off;
+    const A* a = coef_a + d0;
+    const A* b = coef_b + d0;
+    write<V>(n, gv + off, [=](int64_t j, int64_t c) {
+      return fma(ld<V>(b + j, c), ld<V>(y + j, c), ld<V>(a + j, c) * ld<V>(x + j, c));
+    });
+  }
+};
+
+// How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
+// Task (c, p, b) writes partial[c][p][d] for the d of block b, so every partial sum
+// has exactly one writer and the final sum over (c, p) runs in a fixed order.
+struct ReducePlan {
+  int64_t C, P, NB;
+  int64_t chunk_rows, piece_len, block_len;
+};
+
+ReducePlan plan_reduction(const Shape3& s) {
+  ReducePlan r;
+  r.P = ceil_div(s.inner, kPiece);
+  r.C = std::clamp(ceil_div(kTargetTasks, r.P), int64_t(1), std::max(int64_t(1), s.outer / kMinChunkRows));
+  r.NB = std::clamp(ceil_div(kTargetTasks, r.C * r.P), int64_t(1), s.D);
+  if (s.inner == 1) {
+    // Column blocks: wide enough to vectorise well, narrow enough to stay in cache.
+    r.NB = std::clamp(r.NB, ceil_div(s.D, kColumnBlock), std::max(int64_t(1), s.D / 64));
+  }
+  r.chunk_rows = ceil_div(s.outer, r.C);
+  r.piece_len = ceil_div(s.inner, r.P);
+  r.block_len = ceil_div(s.D, r.NB);
+  return r;
+}
+
+template <class Op>
+void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
+  using A = typename Op::A;
+  const int64_t D = s.D, inner = s.inner;
+  if (D == 0) return;
+
+  if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
+    // Each row is reduced and then rescaled while it is still in cache.
+    auto rows = [&](int64_t b, int64_t e) {
+      for (int64_t d = b; d < e; ++d) {
+        op.finish(d, op.reduce(d * inner, inner));
+        op.apply(d * inner, inner, d);
+      }
+    };
+    parallel(par, D, std::max<int64_t>(1, kApplyGrain / std::max<int64_t>(inner, 1)), rows);
+    return;
+  }
+
+  const int64_t N = s.numel();
+  const ReducePlan r = plan_reduction(s);
+  std::unique_ptr<A[]> partial(new A[r.C * r.P * D]);
+  auto reduce_tasks = [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t blk = t % r.NB, p = (t / r.NB) % r.P, c = t / (r.NB * r.P);
+      const int64_t o0 = c * r.chunk_rows, o1 = std::min(s.outer, o0 + r.chunk_rows);
+      const int64_t i0 = p * r.piece_len, i1 = std::min(inner, i0 + r.piece_len);
+      const int64_t d0 = blk * r.block_len, d1 = std::min(D, d0 + r.block_len);
+      A* acc = partial.get() + (c * r.P + p) * D;
+      for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
+      for (int64_t o = o0; o < o1; ++o) {
+        if (inner == 1) {
+          op.reduce_into(o * D + d0, d1 - d0, acc + d0);
+        } else {
+          for (int64_t d = d0; d < d1; ++d) acc[d] += op.reduce((o * D + d) * inner + i0, i1 - i0);
+        }
+      }
+    }
+  };
+  parallel(par, r.C * r.P * r.NB, 1, reduce_tasks);
+
+  auto finish = [&](int64_t b, int64_t e) {
+    for (int64_t d = b; d < e; ++d) {
+      A total = 0;
+      for (int64_t k = 0; k < r.C * r.P; ++k) total += partial[k * D + d];
+      op.finish(d, total);
+    }
+  };
+  parallel(par, D, std::max<int64_t>(1, 4096 / (r.C * r.P)), finish);
+
+  // Elementwise pass over the flat range; each run stops at a segment's end.
+  auto apply = [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      int64_t idx = t * kApplyGrain;
+      const int64_t end = std::min(N, idx + kApplyGrain);
+      while (idx < end) {
+        if (inner == 1) {
+          const int64_t d = idx % D, n = std::min(end - idx, D - d);
+          op.apply_columns(idx, n, d);
+          idx += n;
+        } else {
+          const int64_t d = (idx / inner) % D, i = idx % inner, n = std::min(end - idx, inner - i);
+          op.apply(idx, n, d);
+          idx += n;
+        }
+      }
+    }
+  };
+  parallel(par, ceil_div(N, kApplyGrain), 1, apply);
+}
+
+template <class T>
+void forward_t(const FwdParams& p, ParallelFor par) {
+  using A = acc_t<T>;
+  std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
+  const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
+                    static_cast<A*>(p.norm), A(p.eps), scale.get()};
+  run(op, p.shape, sizeof(T), par);
+}
+
+template <class T>
+void backward_t(const BwdParams& p, ParallelFor par) {
+  using A = acc_t<T>;
+  std::unique_ptr<A[]> coef(new A[2 * std::max<int64_t>(p.shape.D, 1)]);
+  const BwdOp<T> op{static_cast<const T*>(p.grad_w), static_cast<const T*>(p.v),
+                    static_cast<const T*>(p.g),      static_cast<const A*>(p.norm),
+                    static_cast<T*>(p.grad_v),       static_cast<T*>(p.grad_g),
+                    A(p.eps),                        coef.get(),
+                    coef.get() + p.shape.D};
+  run(op, p.shape, sizeof(T), par);
+}
+
+template <template <class> class Fn, class P>
+void dispatch(const P& p, ParallelFor par) {
+  switch (p.dtype) {
+    case DType::f32: return Fn<float>::call(p, par);
+    case DType::f64: return Fn<double>::call(p, par);
+    case DType::bf16: return Fn<bf16_t>::call(p, par);
+    case DType::f16: return Fn<f16_t>::call(p, par);
+  }
+}
+template <class T> struct Forward { static void call(const FwdParams& p, ParallelFor par) { forward_t<T>(p, par); } };
+template <class T> struct Backward { static void call(const BwdParams& p, ParallelFor par) { backward_t<T>(p, par); } };
+
+}  // namespace
+
+void forward(const FwdParams& p, ParallelFor par) { dispatch<Forward>(p, par); }
+void backward(const BwdParams& p, ParallelFor par) { dispatch<Backward>(p, par); }
+
+}  // namespace fastwn::cpu::FASTWN_ISA

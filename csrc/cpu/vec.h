@@ -1,0 +1,222 @@
+// Vec<A>: a SIMD register of A (float or double) lanes, loaded from and stored to the
+// storage types (float, double, bf16, fp16) with conversion. The implementation is
+// picked by the flags of the translation unit that includes this header (see
+// CMakeLists.txt: kernels.cpp is compiled once per ISA); everything lives in the
+// namespace FASTWN_ISA so that inline code built with AVX-512 flags can never be the
+// copy the linker keeps for the scalar path (an ODR trap with per-file ISA flags).
+//
+// Loads and stores are unaligned: a view may start anywhere. load(p, n) / store(p, n)
+// touch only the first n < W lanes' memory (masked on AVX-512, via a stack buffer on
+// AVX2), so loops need no separate scalar tail code.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#ifndef FASTWN_ISA
+#error "FASTWN_ISA must name the ISA namespace (scalar, avx2, avx512)"
+#endif
+
+namespace fastwn {
+// Storage types with the bit layout of c10::BFloat16 / c10::Half.
+struct bf16_t { uint16_t bits; };
+struct f16_t { uint16_t bits; };
+}  // namespace fastwn
+
+namespace fastwn::cpu::FASTWN_ISA {
+
+// ---- scalar conversions (round to nearest even, as PyTorch) ----
+inline float to_acc(float x) { return x; }
+inline double to_acc(double x) { return x; }
+inline float to_acc(bf16_t x) {
+  uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float to_acc(f16_t x) {
+  _Float16 h;
+  std::memcpy(&h, &x.bits, 2);
+  return float(h);
+}
+
+template <class T> T from_acc(float a);
+template <class T> T from_acc(double a);
+template <> inline float from_acc<float>(float a) { return a; }
+template <> inline double from_acc<double>(double a) { return a; }
+template <> inline bf16_t from_acc<bf16_t>(float a) {
+  uint32_t u;
+  std::memcpy(&u, &a, 4);
+  if (std::isnan(a)) return bf16_t{uint16_t(0x7FC0)};  // c10's canonical bf16 NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return bf16_t{uint16_t(u >> 16)};
+}
+template <> inline f16_t from_acc<f16_t>(float a) {
+  _Float16 h = _Float16(a);
+  f16_t r;
+  std::memcpy(&r.bits, &h, 2);
+  return r;
+}
+
+template <class A> struct Vec;
+
+#if defined(__AVX512F__)
+
+inline __mmask16 mask16(int64_t n) { return __mmask16((1u << n) - 1u); }
+
+// float -> bf16 bits, round to nearest even; NaN becomes c10's 0x7FC0.
+inline __m256i cvt_bf16(__m512 x) {
+  __m512i b = _mm512_castps_si512(x);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+inline __m512 widen_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+constexpr int kRoundNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+template <> struct Vec<float> {
+  using A = float;
+  static constexpr int64_t W = 16;
+  __m512 x;
+  static Vec zero() { return {_mm512_setzero_ps()}; }
+  static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec load(const float* p, int64_t n) { return {_mm512_maskz_loadu_ps(mask16(n), p)}; }
+  static Vec load(const bf16_t* p) { return {widen_bf16(_mm256_loadu_si256((const __m256i*)p))}; }
+  static Vec load(const bf16_t* p, int64_t n) { return {widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p))}; }
+  static Vec load(const f16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+  static Vec load(const f16_t* p, int64_t n) { return {_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p))}; }
+  void store(float* p) const { _mm512_storeu_ps(p, x); }
+  void store(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, mask16(n), x); }
+  void store(bf16_t* p) const { _mm256_storeu_si256((__m256i*)p, cvt_bf16(x)); }
+  void store(bf16_t* p, int64_t n) const { _mm256_mask_storeu_epi16(p, mask16(n), cvt_bf16(x)); }
+  void store(f16_t* p) const { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, kRoundNearest)); }
+  void store(f16_t* p, int64_t n) const { _mm256_mask_storeu_epi16(p, mask16(n), _mm512_cvtps_ph(x, kRoundNearest)); }
+  float hsum() const { return _mm512_reduce_add_ps(x); }
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.x, b.x)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.x, b.x)}; }
+  friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.x, b.x, c.x)}; }
+};
+
+template <> struct Vec<double> {
+  using A = double;
+  static constexpr int64_t W = 8;
+  __m512d x;
+  static __mmask8 mask(int64_t n) { return __mmask8((1u << n) - 1u); }
+  static Vec zero() { return {_mm512_setzero_pd()}; }
+  static Vec set1(double a) { return {_mm512_set1_pd(a)}; }
+  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static Vec load(const double* p, int64_t n) { return {_mm512_maskz_loadu_pd(mask(n), p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, x); }
+  void store(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, mask(n), x); }
+  double hsum() const { return _mm512_reduce_add_pd(x); }
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.x, b.x)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.x, b.x)}; }
+  friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.x, b.x, c.x)}; }
+};
+
+#elif defined(__AVX2__)
+
+// Partial loads/stores go through a W-lane stack buffer: AVX2 has no 16-bit masked
+// moves, and a tail is at most one vector per row.
+template <class V, class T> inline V load_partial(const T* p, int64_t n) {
+  T buf[V::W];
+  std::memset(buf, 0, sizeof(buf));
+  std::memcpy(buf, p, size_t(n) * sizeof(T));
+  return V::load(buf);
+}
+template <class V, class T> inline void store_partial(const V& v, T* p, int64_t n) {
+  T buf[V::W];
+  v.store(buf);
+  std::memcpy(p, buf, size_t(n) * sizeof(T));
+}
+
+inline __m128i cvt_bf16(__m256 x) {
+  __m256i b = _mm256_castps_si256(x);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+  // packus works within 128-bit lanes; gather the two halves' low quadwords.
+  __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  return _mm256_castsi256_si128(packed);
+}
+constexpr int kRoundNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+template <> struct Vec<float> {
+  using A = float;
+  static constexpr int64_t W = 8;
+  __m256 x;
+  static Vec zero() { return {_mm256_setzero_ps()}; }
+  static Vec set1(float a) { return {_mm256_set1_ps(a)}; }
+  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static Vec load(const bf16_t* p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+  }
+  static Vec load(const f16_t* p) { return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p))}; }
+  template <class T> static Vec load(const T* p, int64_t n) { return load_partial<Vec>(p, n); }
+  void store(float* p) const { _mm256_storeu_ps(p, x); }
+  void store(bf16_t* p) const { _mm_storeu_si128((__m128i*)p, cvt_bf16(x)); }
+  void store(f16_t* p) const { _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(x, kRoundNearest)); }
+  template <class T> void store(T* p, int64_t n) const { store_partial(*this, p, n); }
+  float hsum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.x, b.x)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.x, b.x)}; }
+  friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.x, b.x, c.x)}; }
+};
+
+template <> struct Vec<double> {
+  using A = double;
+  static constexpr int64_t W = 4;
+  __m256d x;
+  static Vec zero() { return {_mm256_setzero_pd()}; }
+  static Vec set1(double a) { return {_mm256_set1_pd(a)}; }
+  static Vec load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  static Vec load(const double* p, int64_t n) { return load_partial<Vec>(p, n); }
+  void store(double* p) const { _mm256_storeu_pd(p, x); }
+  void store(double* p, int64_t n) const { store_partial(*this, p, n); }
+  double hsum() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  friend Vec operator+(Vec a, Vec b) { return {_mm256_add_pd(a.x, b.x)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_pd(a.x, b.x)}; }
+  friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_pd(a.x, b.x, c.x)}; }
+};
+
+#else  // portable scalar path: one lane
+
+template <class Acc> struct Vec {
+  using A = Acc;
+  static constexpr int64_t W = 1;
+  Acc x;
+  static Vec zero() { return {Acc(0)}; }
+  static Vec set1(Acc a) { return {a}; }
+  template <class T> static Vec load(const T* p) { return {to_acc(*p)}; }
+  template <class T> static Vec load(const T* p, int64_t) { return load(p); }
+  template <class T> void store(T* p) const { *p = from_acc<T>(x); }
+  template <class T> void store(T* p, int64_t) const { store(p); }
+  Acc hsum() const { return x; }
+  friend Vec operator+(Vec a, Vec b) { return {a.x + b.x}; }
+  friend Vec operator*(Vec a, Vec b) { return {a.x * b.x}; }
+  // Plain multiply-add: without -mfma, std::fma is a slow software routine.
+  friend Vec fma(Vec a, Vec b, Vec c) { return {a.x * b.x + c.x}; }
+};
+
+#endif
+
+}  // namespace fastwn::cpu::FASTWN_ISA

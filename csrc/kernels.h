@@ -1,0 +1,75 @@
+// Torch-free interface between the glue (csrc/*/weight_norm.*) and the kernels.
+//
+// Every weight-norm problem is reduced by the glue to a dense 3-D view of memory,
+// [outer, D, inner], where D is the normalised axis: norm[d] is taken over all
+// (o, i) of v[o, d, i]. dim = first axis gives outer = 1, dim = last gives inner = 1,
+// the whole-tensor norm gives D = 1. Kernels never see strides: the glue picks the
+// memory order (so channels_last weights need no copy) and makes other views dense.
+#pragma once
+
+#include <cstdint>
+
+namespace fastwn {
+
+enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+
+struct Shape3 {
+  int64_t outer;
+  int64_t D;
+  int64_t inner;
+  int64_t numel() const { return outer * D * inner; }
+};
+
+// norm is float64 for float64 inputs and float32 otherwise (also for bf16/fp16);
+// v, g, w, grad_w, grad_v, grad_g are all in `dtype`. eps clamps the norm from below
+// (0 = no clamp, PyTorch's exact behaviour on zero slices).
+struct FwdParams {
+  Shape3 shape;
+  DType dtype;
+  const void* v;
+  const void* g;
+  void* w;
+  void* norm;
+  double eps;
+};
+
+struct BwdParams {
+  Shape3 shape;
+  DType dtype;
+  const void* grad_w;
+  const void* v;
+  const void* g;
+  const void* norm;  // as returned by the forward (unclamped)
+  void* grad_v;
+  void* grad_g;
+  double eps;
+};
+
+namespace cpu {
+
+// The kernels split work into tasks whose results do not depend on how tasks are
+// scheduled; the glue supplies the thread pool (torch's, so torch.set_num_threads holds).
+using TaskBody = void (*)(void* ctx, int64_t begin, int64_t end);
+using ParallelFor = void (*)(int64_t n, int64_t grain, void* ctx, TaskBody body);
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+// One namespace per ISA; csrc/cpu/kernels.cpp is compiled once into each.
+#define FASTWN_DECLARE_ISA(ns)                                  \
+  namespace ns {                                                \
+  void forward(const FwdParams& p, ParallelFor par);            \
+  void backward(const BwdParams& p, ParallelFor par);           \
+  }
+FASTWN_DECLARE_ISA(scalar)
+FASTWN_DECLARE_ISA(avx2)
+FASTWN_DECLARE_ISA(avx512)
+#undef FASTWN_DECLARE_ISA
+
+Isa best_supported_isa();  // from cpuid (and the OS's saved-state support)
+// The ISA the next call will use: best_supported_isa(), lowered by FASTWN_CPU_ISA.
+// Throws std::invalid_argument for an unknown FASTWN_CPU_ISA value.
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace cpu
+}  // namespace fastwn

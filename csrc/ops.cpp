@@ -1,0 +1,39 @@
+// The operator schemas (one place for all backends) and the small pybind11 module
+// that reports how the extension was built.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "kernels.h"
+
+#ifndef FASTWN_VERSION
+#error "FASTWN_VERSION is set by CMakeLists.txt"
+#endif
+
+TORCH_LIBRARY(fastwn, m) {
+  // dim = -1 means one norm over the whole tensor (torch._weight_norm's legacy rule).
+  m.def("weight_norm_fwd(Tensor v, Tensor g, int dim, float eps=0.0) -> (Tensor w, Tensor norm)");
+  m.def("weight_norm_bwd(Tensor grad_w, Tensor v, Tensor g, Tensor norm, int dim, float eps=0.0)"
+        " -> (Tensor grad_v, Tensor grad_g)");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastwn compiled extension: importing it registers torch.ops.fastwn.*";
+  m.def("cpu_isa", [] { return std::string(fastwn::cpu::isa_name(fastwn::cpu::active_isa())); },
+        "The CPU kernel set the next call will use (FASTWN_CPU_ISA lowers it).");
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = FASTWN_VERSION;
+    info["torch_version"] = FASTWN_TORCH_VERSION;
+    info["cuda"] = bool(FASTWN_WITH_CUDA);
+    info["cuda_version"] = FASTWN_CUDA_VERSION;
+    info["cuda_archs"] = FASTWN_CUDA_ARCHS;
+    py::list isas;
+    const auto best = fastwn::cpu::best_supported_isa();
+    for (auto isa : {fastwn::cpu::Isa::scalar, fastwn::cpu::Isa::avx2, fastwn::cpu::Isa::avx512})
+      if (isa <= best) isas.append(fastwn::cpu::isa_name(isa));
+    info["cpu_isas"] = isas;
+    return info;
+  }, "What this build contains: versions, CUDA support, the CPU ISAs this machine can run.");
+}

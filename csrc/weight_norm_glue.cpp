@@ -1,0 +1,141 @@
+#include "weight_norm_glue.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+namespace fastwn {
+namespace {
+
+constexpr int64_t kWholeTensor = -1;
+
+DType to_dtype(at::ScalarType t, const char* arg) {
+  switch (t) {
+    case at::kFloat: return DType::f32;
+    case at::kDouble: return DType::f64;
+    case at::kBFloat16: return DType::bf16;
+    case at::kHalf: return DType::f16;
+    default:
+      TORCH_CHECK_TYPE(false, "fastwn.weight_norm: ", arg,
+                       " must be float32, float64, bfloat16 or float16, got ", t);
+  }
+  return DType::f32;  // unreachable
+}
+
+at::ScalarType norm_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// torch._weight_norm's rule: -1 (Python None) means the whole tensor, other negative
+// dims wrap. Returns kWholeTensor or a dim in [0, v.dim()).
+int64_t resolve_dim(int64_t dim, int64_t ndim) {
+  if (dim == kWholeTensor) return kWholeTensor;
+  const int64_t wrapped = dim < 0 ? dim + ndim : dim;
+  TORCH_CHECK_INDEX(wrapped >= 0 && wrapped < ndim, "fastwn.weight_norm: dim must be None, -1 (whole tensor) or in [",
+                    -ndim, ", ", ndim, ") for v with ", ndim, " dimensions, got ", dim);
+  return wrapped;
+}
+
+// Memory order of a dense tensor: its dims by decreasing stride (size-1 dims anywhere).
+std::vector<int64_t> memory_order(const at::Tensor& t) {
+  std::vector<int64_t> order(t.dim());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    if (t.size(a) == 1 || t.size(b) == 1) return t.size(a) == 1 && t.size(b) != 1;
+    return t.stride(a) > t.stride(b);
+  });
+  return order;
+}
+
+// v viewed as [outer, D, inner] in memory order.
+Shape3 problem_shape(const at::Tensor& v, int64_t dim) {
+  if (dim == kWholeTensor) return {1, 1, v.numel()};
+  const std::vector<int64_t> order = memory_order(v);
+  Shape3 s{1, v.size(dim), 1};
+  bool before = true;
+  for (int64_t d : order) {
+    if (d == dim) before = false;
+    else (before ? s.outer : s.inner) *= v.size(d);
+  }
+  return s;
+}
+
+// True if b's elements sit at the same offsets as a's (ignoring size-1 dims' strides).
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// Views that are not dense (slices with gaps, overlapping expands) are copied once;
+// dense ones of any memory order (channels_last included) are used as they are.
+at::Tensor dense(const at::Tensor& t) { return t.is_non_overlapping_and_dense() ? t : t.contiguous(); }
+
+void check_same_device(const at::Tensor& v, const at::Tensor& other, const char* arg) {
+  TORCH_CHECK(other.device() == v.device(), "fastwn.weight_norm: ", arg, " is on ", other.device(),
+              " but v is on ", v.device(), "; move both to the same device");
+}
+
+// Checks shared by forward and backward; returns the resolved dim.
+int64_t check_common(const at::Tensor& v, const at::Tensor& g, int64_t dim, double eps) {
+  to_dtype(v.scalar_type(), "v");
+  check_same_device(v, g, "g");
+  TORCH_CHECK_TYPE(g.scalar_type() == v.scalar_type(), "fastwn.weight_norm: g must have v's dtype ",
+                   v.scalar_type(), ", got ", g.scalar_type());
+  const int64_t d = resolve_dim(dim, v.dim());
+  const int64_t expected = d == kWholeTensor ? 1 : v.size(d);
+  TORCH_CHECK_VALUE(g.numel() == expected, "fastwn.weight_norm: g must have ", expected,
+                    d == kWholeTensor ? " element (dim=None: one norm for the whole tensor)"
+                                      : " elements (v.size(dim))",
+                    ", got g of shape ", g.sizes());
+  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "fastwn.weight_norm: eps must be finite and >= 0, got ", eps);
+  return d;
+}
+
+}  // namespace
+
+FwdCall prepare_forward(const at::Tensor& v_in, const at::Tensor& g_in, int64_t dim, double eps) {
+  const int64_t d = check_common(v_in, g_in, dim, eps);
+  FwdCall c;
+  c.v = dense(v_in);
+  c.g = g_in.contiguous();
+  c.w = at::empty_like(c.v);  // keeps a dense v's strides
+  c.norm = at::empty(g_in.sizes(), c.v.options().dtype(norm_dtype(v_in.scalar_type())));
+  c.params = FwdParams{problem_shape(c.v, d), to_dtype(v_in.scalar_type(), "v"),
+                       c.v.const_data_ptr(), c.g.const_data_ptr(), c.w.mutable_data_ptr(),
+                       c.norm.mutable_data_ptr(), eps};
+  return c;
+}
+
+BwdCall prepare_backward(const at::Tensor& grad_w_in, const at::Tensor& v_in, const at::Tensor& g_in,
+                         const at::Tensor& norm_in, int64_t dim, double eps) {
+  const int64_t d = check_common(v_in, g_in, dim, eps);
+  check_same_device(v_in, grad_w_in, "grad_w");
+  check_same_device(v_in, norm_in, "norm");
+  TORCH_CHECK_VALUE(grad_w_in.sizes() == v_in.sizes(), "fastwn.weight_norm backward: grad_w must have v's shape ",
+                    v_in.sizes(), ", got ", grad_w_in.sizes());
+  TORCH_CHECK_TYPE(grad_w_in.scalar_type() == v_in.scalar_type(),
+                   "fastwn.weight_norm backward: grad_w must have v's dtype ", v_in.scalar_type(), ", got ",
+                   grad_w_in.scalar_type());
+  const at::ScalarType nt = norm_dtype(v_in.scalar_type());
+  TORCH_CHECK_TYPE(norm_in.scalar_type() == nt, "fastwn.weight_norm backward: norm must be ", nt, " for v of dtype ",
+                   v_in.scalar_type(), ", got ", norm_in.scalar_type());
+  TORCH_CHECK_VALUE(norm_in.numel() == g_in.numel(), "fastwn.weight_norm backward: norm must have g's ",
+                    g_in.numel(), " elements, got ", norm_in.numel());
+  BwdCall c;
+  c.v = dense(v_in);
+  c.grad_w = same_layout(c.v, grad_w_in) ? grad_w_in : at::empty_like(c.v).copy_(grad_w_in);
+  c.g = g_in.contiguous();
+  c.norm = norm_in.contiguous();
+  c.grad_v = at::empty_like(c.v);
+  c.grad_g = at::empty(g_in.sizes(), g_in.options().memory_format(at::MemoryFormat::Contiguous));
+  c.params = BwdParams{problem_shape(c.v, d),        to_dtype(v_in.scalar_type(), "v"),
+                       c.grad_w.const_data_ptr(),    c.v.const_data_ptr(),
+                       c.g.const_data_ptr(),         c.norm.const_data_ptr(),
+                       c.grad_v.mutable_data_ptr(),  c.grad_g.mutable_data_ptr(),
+                       eps};
+  return c;
+}
+
+}  // namespace fastwn
