@@ -11,7 +11,6 @@ STAMP := $(VENV)/.fastwn-deps
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(BUILD_DEPS)
 	touch $@
 
@@ -20,7 +19,7 @@ install: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation ".[test]" torch==$(TORCH_VERSION)
 
 test: install
-	cd tests && FASTWN_REQUIRE_EXTENSION=1 ../$(PY) -m pytest -q -p no:cacheprovider .
+	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
 bench: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json benchmarks/results/cpu-latest.json

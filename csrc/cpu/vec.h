@@ -198,23 +198,44 @@ template <> struct Vec<double> {
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
-#else  // portable scalar path: one lane
+#else  // portable path: plain C++ over 8 lanes
 
+// Eight independent lanes, like AVX2's fp32 vector: the same summation accuracy on
+// long rows as the vector paths, and code the compiler may vectorise for any CPU.
 template <class Acc> struct Vec {
   using A = Acc;
-  static constexpr int64_t W = 1;
-  Acc x;
-  static Vec zero() { return {Acc(0)}; }
-  static Vec set1(Acc a) { return {a}; }
-  template <class T> static Vec load(const T* p) { return {to_acc(*p)}; }
-  template <class T> static Vec load(const T* p, int64_t) { return load(p); }
-  template <class T> void store(T* p) const { *p = from_acc<T>(x); }
-  template <class T> void store(T* p, int64_t) const { store(p); }
-  Acc hsum() const { return x; }
-  friend Vec operator+(Vec a, Vec b) { return {a.x + b.x}; }
-  friend Vec operator*(Vec a, Vec b) { return {a.x * b.x}; }
+  static constexpr int64_t W = 8;
+  Acc x[W];
+  static Vec zero() { return set1(Acc(0)); }
+  static Vec set1(Acc a) {
+    Vec r;
+    for (int64_t i = 0; i < W; ++i) r.x[i] = a;
+    return r;
+  }
+  template <class T> static Vec load(const T* p) { return load(p, W); }
+  template <class T> static Vec load(const T* p, int64_t n) {
+    Vec r = zero();
+    for (int64_t i = 0; i < n; ++i) r.x[i] = to_acc(p[i]);
+    return r;
+  }
+  template <class T> void store(T* p) const { store(p, W); }
+  template <class T> void store(T* p, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) p[i] = from_acc<T>(x[i]);
+  }
+  Acc hsum() const { return ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7])); }
+  template <class F> friend Vec map(const Vec& a, const Vec& b, F f) {
+    Vec r;
+    for (int64_t i = 0; i < W; ++i) r.x[i] = f(a.x[i], b.x[i]);
+    return r;
+  }
+  friend Vec operator+(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u + w; }); }
+  friend Vec operator*(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u * w; }); }
   // Plain multiply-add: without -mfma, std::fma is a slow software routine.
-  friend Vec fma(Vec a, Vec b, Vec c) { return {a.x * b.x + c.x}; }
+  friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
+    Vec r;
+    for (int64_t i = 0; i < W; ++i) r.x[i] = a.x[i] * b.x[i] + c.x[i];
+    return r;
+  }
 };
 
 #endif

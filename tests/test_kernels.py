@@ -1,0 +1,202 @@
+"""Forward and backward of the fused operators against the float64 NumPy reference,
+on every CPU ISA path (and CUDA where present), every dtype, odd sizes and layouts."""
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import DTYPES, LOW_PRECISION, assert_matches_reference, g_shape, ref_dim, reference, to_np, torch_weight_norm
+
+import fastwn
+
+# (shape, dim): None/-1 whole tensor, first, middle, last (as a positive index: -1 is
+# "whole" by PyTorch's rule), negative; odd sizes 1, 7, 33, 1000+; long rows that take
+# the split-reduction path; many short columns; channel-like 4-D shapes.
+CASES = [
+    ((7,), 0), ((1,), None), ((33,), -1),
+    ((33, 7), 0), ((33, 7), 1), ((33, 7), None), ((33, 7), -2),
+    ((1, 1000), 0), ((1000, 3), 1), ((1031, 17), 1),
+    ((7, 33, 5), 1), ((7, 33, 5), 2), ((7, 33, 5), 0), ((7, 33, 5), -3), ((7, 33, 5), -1),
+    ((3, 40001), 0), ((2, 3, 30011), 1), ((40003,), None),
+    ((2, 17, 1500), 1), ((200, 9, 31), 2), ((6, 5, 3, 3), 0), ((6, 5, 3, 3), 1), ((6, 5, 3, 3), 3),
+]
+LAYOUTS = ["contiguous", "transposed", "strided", "unaligned", "channels_last"]
+
+
+def layout_applies(layout, shape):
+    return {"transposed": len(shape) >= 2, "channels_last": len(shape) == 4}.get(layout, True)
+
+
+CASES_X_LAYOUTS = [(shape, dim, layout) for shape, dim in CASES for layout in LAYOUTS if layout_applies(layout, shape)]
+
+
+def make(shape, dtype, layout, gen, device="cpu"):
+    """A fresh random tensor of `shape` in the requested memory layout."""
+    def rand(*s):
+        return torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).to(device)
+
+    if layout == "contiguous":
+        return rand(*shape)
+    assert layout_applies(layout, shape)
+    if layout == "transposed":  # dense, memory order reversed
+        return rand(*reversed(shape)).permute(*reversed(range(len(shape))))
+    if layout == "strided":  # not dense: every other element of the last axis
+        return rand(*shape[:-1], 2 * shape[-1])[..., ::2]
+    if layout == "unaligned":  # dense, data pointer one element past an aligned base
+        n = int(np.prod(shape))
+        return rand(n + 1)[1:].view(shape)
+    assert layout == "channels_last"
+    return rand(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def g_for(v, dim, gen):
+    return torch.randn(g_shape(tuple(v.shape), dim), generator=gen, dtype=torch.float64).to(v.dtype).to(v.device)
+
+
+def check_forward_backward(v, g, dim, eps=0.0):
+    gen = torch.Generator().manual_seed(7)
+    d = -1 if dim is None else dim
+    w, norm = torch.ops.fastwn.weight_norm_fwd(v, g, d, eps)
+    w_ref, norm_ref = reference.forward(to_np(v), to_np(g), ref_dim(dim), eps)
+    assert w.shape == v.shape and w.dtype == v.dtype
+    assert norm.shape == g.shape
+    assert norm.dtype == (torch.float64 if v.dtype == torch.float64 else torch.float32)
+    baseline_w = torch_weight_norm(v, g, dim) if eps == 0 else None
+    assert_matches_reference(w, w_ref, baseline_w if baseline_w is not None else w)
+    assert_matches_reference(norm, norm_ref, norm)
+
+    grad_w = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.dtype).to(v.device)
+    grad_v, grad_g = torch.ops.fastwn.weight_norm_bwd(grad_w, v, g, norm, d, eps)
+    gv_ref, gg_ref = reference.backward(to_np(grad_w), to_np(v), to_np(g), ref_dim(dim), eps)
+    assert grad_v.shape == v.shape and grad_g.shape == g.shape and grad_g.dtype == g.dtype
+    base_v = base_g = None
+    if eps == 0:
+        vt, gt = v.detach().clone().requires_grad_(), g.detach().clone().requires_grad_()
+        torch_weight_norm(vt, gt, dim).backward(grad_w)
+        base_v, base_g = vt.grad, gt.grad
+    # grad_v = a * grad_w + b * v cancels to ~0 where grad_w is nearly parallel to v.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.nanmax(np.abs(to_np(g) / np.maximum(norm_ref, eps)), initial=0) * np.abs(to_np(grad_w)).max(initial=0)
+    assert_matches_reference(grad_v, gv_ref, base_v if base_v is not None else grad_v, scale=terms)
+    # grad_g = <grad_w, v> / ||v|| is a sum of terms of both signs: its error scales with the sum of |terms|.
+    g_terms = reference.backward(np.abs(to_np(grad_w)), np.abs(to_np(v)), np.ones(g.shape), ref_dim(dim), eps)[1]
+    assert_matches_reference(grad_g, gg_ref.reshape(g.shape), base_g if base_g is not None else grad_g,
+                             scale=np.nanmax(g_terms, initial=0))
+    return w, norm
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim,layout", CASES_X_LAYOUTS, ids=str)
+def test_against_reference(isa, device, shape, dim, dtype, layout):
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, dim, dtype)).encode()))
+    v = make(shape, dtype, layout, gen, device)
+    check_forward_backward(v, g_for(v, dim, gen), dim)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_outputs_keep_dense_layouts(isa, device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    v = make((8, 6, 3, 3), dtype, "channels_last", gen, device)
+    w, _ = torch.ops.fastwn.weight_norm_fwd(v, g_for(v, 0, gen), 0, 0.0)
+    assert w.stride() == v.stride()  # no copy to contiguous and back
+    vt = make((9, 5), dtype, "transposed", gen, device)
+    assert torch.ops.fastwn.weight_norm_fwd(vt, g_for(vt, 1, gen), 1, 0.0)[0].stride() == vt.stride()
+
+
+def test_grad_w_in_another_layout_than_v(isa, device):
+    gen = torch.Generator().manual_seed(1)
+    v = make((8, 6, 3, 3), torch.float32, "channels_last", gen, device)
+    g = g_for(v, 0, gen)
+    w, norm = torch.ops.fastwn.weight_norm_fwd(v, g, 0, 0.0)
+    grad_w = torch.randn(v.shape, generator=gen).to(device)  # contiguous, v is channels_last
+    grad_v, grad_g = torch.ops.fastwn.weight_norm_bwd(grad_w, v, g, norm, 0, 0.0)
+    gv_ref, gg_ref = reference.backward(to_np(grad_w), to_np(v), to_np(g), 0)
+    assert_matches_reference(grad_v, gv_ref)
+    assert_matches_reference(grad_g, gg_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((0, 5), 0), ((0, 5), 1), ((5, 0), 0), ((5, 0), 1), ((0,), None),
+                                       ((3, 0, 4), 1), ((3, 0, 4), 2)], ids=str)
+def test_empty(isa, device, shape, dim, dtype):
+    v = torch.empty(shape, dtype=dtype, device=device)
+    g = torch.randn(g_shape(shape, dim), dtype=torch.float64).to(dtype).to(device)
+    d = -1 if dim is None else dim
+    w, norm = torch.ops.fastwn.weight_norm_fwd(v, g, d, 0.0)
+    assert w.shape == v.shape
+    assert torch.equal(norm.cpu(), torch.zeros(g.shape, dtype=norm.dtype))  # empty slices have norm 0
+    grad_v, grad_g = torch.ops.fastwn.weight_norm_bwd(v, v, g, norm, d, 0.0)
+    assert grad_v.shape == v.shape and grad_g.shape == g.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((4, 37), 0), ((37, 4), 1), ((3, 4, 5), 1), ((3, 40001), 0)], ids=str)
+def test_zero_slice_matches_torch_without_eps(isa, device, shape, dim, dtype):
+    gen = torch.Generator().manual_seed(3)
+    v = make(shape, dtype, "contiguous", gen, device)
+    v.select(dim, 1).zero_()
+    g = g_for(v, dim, gen)
+    w, norm = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+    assert norm.reshape(-1)[1].item() == 0
+    assert torch.isnan(w.select(dim, 1)).all()  # PyTorch's answer: 0 * (g / 0)
+    torch.testing.assert_close(w, torch_weight_norm(v, g, dim), equal_nan=True, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((4, 37), 0), ((37, 4), 1), ((3, 4, 5), 1), ((3, 40001), 0)], ids=str)
+def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
+    gen = torch.Generator().manual_seed(4)
+    v = make(shape, dtype, "contiguous", gen, device)
+    v.select(dim, 1).zero_()
+    v.select(dim, 2).mul_(1e-4)  # below eps: clamped
+    w, _ = check_forward_backward(v, g_for(v, dim, gen), dim, eps=1e-2)
+    assert torch.isfinite(w).all()
+    assert (w.select(dim, 1) == 0).all()
+
+
+def test_results_do_not_depend_on_thread_count(isa):
+    gen = torch.Generator().manual_seed(5)
+    cases = [((512, 700), 0), ((700, 512), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]
+    old = torch.get_num_threads()
+    try:
+        for shape, dim in cases:
+            v = torch.randn(shape, generator=gen)
+            g = g_for(v, dim, gen)
+            gw = torch.randn(shape, generator=gen)
+            outs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                w, n = torch.ops.fastwn.weight_norm_fwd(v, g, -1 if dim is None else dim, 0.0)
+                outs.append((w, n, *torch.ops.fastwn.weight_norm_bwd(gw, v, g, n, -1 if dim is None else dim, 0.0)))
+            for a, b in zip(*outs):
+                assert torch.equal(a, b), (shape, dim)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_repeated_calls_are_bit_identical(isa, device):
+    gen = torch.Generator().manual_seed(6)
+    v = torch.randn(257, 1031, generator=gen).to(device)
+    g = g_for(v, 1, gen)
+    first = torch.ops.fastwn.weight_norm_fwd(v, g, 1, 0.0)
+    for _ in range(3):
+        again = torch.ops.fastwn.weight_norm_fwd(v, g, 1, 0.0)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
+    """The vector paths against the portable one, on a shape that takes every branch."""
+    gen = torch.Generator().manual_seed(8)
+    v = torch.randn(37, 1029, generator=gen).to(dtype)
+    results = {}
+    for isa_name in fastwn.build_info()["cpu_isas"]:
+        monkeypatch.setenv("FASTWN_CPU_ISA", isa_name)
+        results[isa_name] = [torch.ops.fastwn.weight_norm_fwd(v, g_for(v, d, torch.Generator().manual_seed(1)), d, 0.0)[0]
+                             for d in (0, 1, -1)]
+    # Summation orders differ by ISA: fp32/fp64 agree to a few ulps of sqrt(n) growth,
+    # bf16/fp16 outputs to one rounding step.
+    rtol = 2 * torch.finfo(dtype).eps if dtype in LOW_PRECISION else 64 * torch.finfo(dtype).eps
+    for name, outs in results.items():
+        for a, b in zip(outs, results["scalar"]):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=0, msg=name)
