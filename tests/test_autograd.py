@@ -122,3 +122,14 @@ def test_compile_graph_calls_the_fused_ops():
     loss.backward()
     assert "fastwn.weight_norm_fwd.default" in seen
     assert "fastwn.weight_norm_bwd.default" in seen
+
+
+def test_no_grad_and_inference_mode_fast_path():
+    v, g = inputs((6, 5), 0, seed=6)
+    expected = fastwn.weight_norm(v, g, 0).detach()
+    with torch.no_grad():
+        w = fastwn.weight_norm(v, g, 0)
+    assert not w.requires_grad
+    assert torch.equal(w, expected)
+    with torch.inference_mode():
+        assert torch.equal(fastwn.weight_norm(v, g, 0), expected)

@@ -37,49 +37,23 @@ inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, 
 template <class V, class T>
 inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
 
-// sum_j step over [0, n); four accumulators hide the FMA latency.
-template <class V, class Step>
-inline typename V::A reduce_row(int64_t n, Step step) {
-  constexpr int64_t W = V::W;
-  V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
-  int64_t j = 0;
-  for (; j + 4 * W <= n; j += 4 * W) {
-    a0 = step(a0, j, W);
-    a1 = step(a1, j + W, W);
-    a2 = step(a2, j + 2 * W, W);
-    a3 = step(a3, j + 3 * W, W);
-  }
-  for (; j + W <= n; j += W) a0 = step(a0, j, W);
-  if (j < n) a1 = step(a1, j, n - j);
-  return ((a0 + a1) + (a2 + a3)).hsum();
-}
-
-// acc[j] = step(acc[j], j) for j in [0, n): the column (vertical) reduction.
-template <class V, class Step>
-inline void reduce_columns(int64_t n, typename V::A* acc, Step step) {
-  for (int64_t j = 0; j < n; j += V::W) {
-    const int64_t c = std::min<int64_t>(V::W, n - j);
-    st(step(ld<V>(acc + j, c), j, c), acc + j, c);
-  }
-}
-
-template <class V, class T, class F>
-inline void write(int64_t n, T* out, F value) {
-  for (int64_t j = 0; j < n; j += V::W) {
-    const int64_t c = std::min<int64_t>(V::W, n - j);
-    st(value(j, c), out + j, c);
-  }
-}
-
 // The accumulation type: fp64 for fp64, fp32 for everything else.
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Forward: w = v * g[d] / max(norm[d], eps), norm[d] = ||v[:, d, :]||.
+// An op says what one vector chunk of elements [i, i + c) contributes and writes; the
+// driver below owns every loop:
+//   acc(a, i, c)                   a + the chunk's reduction terms
+//   finish(d, total)               the per-d step once slice d is reduced
+//   coef(d), coef_columns(d0, c)   per-d coefficients, broadcast or one per lane
+//   put(i, c, k)                   writes the chunk's outputs with coefficients k
+
+// Forward: norm[d] = ||v[:, d, :]||, w = v * g[d] / max(norm[d], eps).
 template <class T>
 struct FwdOp {
   using A = acc_t<T>;
   using V = Vec<A>;
+  struct Coef { V s; };
   const T* v;
   const T* g;
   T* w;
@@ -87,29 +61,18 @@ struct FwdOp {
   A eps;
   A* scale;  // workspace [D]
 
-  A reduce(int64_t off, int64_t n) const {
-    const T* x = v + off;
-    return reduce_row<V>(n, [x](V acc, int64_t j, int64_t c) { V a = ld<V>(x + j, c); return fma(a, a, acc); });
-  }
-  void reduce_into(int64_t off, int64_t n, A* acc) const {
-    const T* x = v + off;
-    reduce_columns<V>(n, acc, [x](V a, int64_t j, int64_t c) { V b = ld<V>(x + j, c); return fma(b, b, a); });
+  V acc(V a, int64_t i, int64_t c) const {
+    const V x = ld<V>(v + i, c);
+    return fma(x, x, a);
   }
   void finish(int64_t d, A sumsq) const {
     const A n = std::sqrt(sumsq);
     norm[d] = n;
     scale[d] = to_acc(g[d]) / std::max(n, eps);  // max keeps NaN norms NaN
   }
-  void apply(int64_t off, int64_t n, int64_t d) const {
-    const T* x = v + off;
-    const V s = V::set1(scale[d]);
-    write<V>(n, w + off, [x, s](int64_t j, int64_t c) { return ld<V>(x + j, c) * s; });
-  }
-  void apply_columns(int64_t off, int64_t n, int64_t d0) const {
-    const T* x = v + off;
-    const A* s = scale + d0;
-    write<V>(n, w + off, [x, s](int64_t j, int64_t c) { return ld<V>(x + j, c) * ld<V>(s + j, c); });
-  }
+  Coef coef(int64_t d) const { return {V::set1(scale[d])}; }
+  Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(scale + d0, c)}; }
+  void put(int64_t i, int64_t c, const Coef& k) const { st(ld<V>(v + i, c) * k.s, w + i, c); }
 };
 
 // Backward: dot[d] = <grad_w, v>[d]; grad_g = dot / n_eff;
@@ -119,6 +82,7 @@ template <class T>
 struct BwdOp {
   using A = acc_t<T>;
   using V = Vec<A>;
+  struct Coef { V a, b; };
   const T* gw;
   const T* v;
   const T* g;
@@ -129,16 +93,7 @@ struct BwdOp {
   A* coef_a;  // workspace [D]
   A* coef_b;  // workspace [D]
 
-  A reduce(int64_t off, int64_t n) const {
-    const T* x = gw + off;
-    const T* y = v + off;
-    return reduce_row<V>(n, [x, y](V acc, int64_t j, int64_t c) { return fma(ld<V>(x + j, c), ld<V>(y + j, c), acc); });
-  }
-  void reduce_into(int64_t off, int64_t n, A* acc) const {
-    const T* x = gw + off;
-    const T* y = v + off;
-    reduce_columns<V>(n, acc, [x, y](V a, int64_t j, int64_t c) { return fma(ld<V>(x + j, c), ld<V>(y + j, c), a); });
-  }
+  V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   void finish(int64_t d, A dot) const {
     const A n = norm[d];
     const A n_eff = std::max(n, eps);
@@ -148,22 +103,76 @@ struct BwdOp {
     // Written as a * (dot / n) / n so that large norms do not overflow n^3.
     coef_b[d] = n >= eps ? -a * (dot / n) / n : A(0);
   }
-  void apply(int64_t off, int64_t n, int64_t d) const {
-    const T* x = gw + off;
-    const T* y = v + off;
-    const V a = V::set1(coef_a[d]), b = V::set1(coef_b[d]);
-    write<V>(n, gv + off, [=](int64_t j, int64_t c) { return fma(b, ld<V>(y + j, c), a * ld<V>(x + j, c)); });
-  }
-  void apply_columns(int64_t off, int64_t n, int64_t d0) const {
-    const T* x = gw + off;
-    const T* y = v + off;
-    const A* a = coef_a + d0;
-    const A* b = coef_b + d0;
-    write<V>(n, gv + off, [=](int64_t j, int64_t c) {
-      return fma(ld<V>(b + j, c), ld<V>(y + j, c), ld<V>(a + j, c) * ld<V>(x + j, c));
-    });
+  Coef coef(int64_t d) const { return {V::set1(coef_a[d]), V::set1(coef_b[d])}; }
+  Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(coef_a + d0, c), ld<V>(coef_b + d0, c)}; }
+  void put(int64_t i, int64_t c, const Coef& k) const {
+    st(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv + i, c);
   }
 };
+
+struct NoSide {
+  void operator()(int64_t, int64_t) const {}
+};
+
+// The terms of elements [off, off + n) summed with four accumulators (hiding the FMA
+// latency). side(j, c) runs on the same chunk indices inside the loop: fused_rows
+// rescales the previous row there, so this row's memory reads overlap that row's
+// stores, as in a copy, instead of alternating with them. side never changes the sum.
+template <class Op, class Side = NoSide>
+typename Op::A reduce(const Op& op, int64_t off, int64_t n, Side side = {}) {
+  using V = typename Op::V;
+  constexpr int64_t W = V::W;
+  V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    a0 = op.acc(a0, off + j, W);
+    a1 = op.acc(a1, off + j + W, W);
+    a2 = op.acc(a2, off + j + 2 * W, W);
+    a3 = op.acc(a3, off + j + 3 * W, W);
+    side(j, W), side(j + W, W), side(j + 2 * W, W), side(j + 3 * W, W);
+  }
+  for (; j + W <= n; j += W) a0 = op.acc(a0, off + j, W), side(j, W);
+  if (j < n) a1 = op.acc(a1, off + j, n - j), side(j, n - j);
+  return ((a0 + a1) + (a2 + a3)).hsum();
+}
+
+// acc[j] += the terms of element off + j, for j in [0, n): the column reduction.
+template <class Op>
+void reduce_columns(const Op& op, int64_t off, int64_t n, typename Op::A* acc) {
+  using V = typename Op::V;
+  for (int64_t j = 0; j < n; j += V::W) {
+    const int64_t c = std::min<int64_t>(V::W, n - j);
+    st(op.acc(ld<V>(acc + j, c), off + j, c), acc + j, c);
+  }
+}
+
+template <class Op>
+void apply(const Op& op, int64_t off, int64_t n, int64_t d) {
+  const auto k = op.coef(d);
+  for (int64_t j = 0; j < n; j += Op::V::W) op.put(off + j, std::min<int64_t>(Op::V::W, n - j), k);
+}
+
+template <class Op>
+void apply_columns(const Op& op, int64_t off, int64_t n, int64_t d0) {
+  for (int64_t j = 0; j < n; j += Op::V::W) {
+    const int64_t c = std::min<int64_t>(Op::V::W, n - j);
+    op.put(off + j, c, op.coef_columns(d0 + j, c));
+  }
+}
+
+// Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
+// d + 1 is reduced in the loop that rescales row d.
+template <class Op>
+void fused_rows(const Op& op, int64_t b, int64_t e, int64_t n) {
+  if (b >= e) return;
+  op.finish(b, reduce(op, b * n, n));
+  for (int64_t d = b; d + 1 < e; ++d) {
+    const auto k = op.coef(d);
+    const int64_t cur = d * n;
+    op.finish(d + 1, reduce(op, cur + n, n, [&](int64_t j, int64_t c) { op.put(cur + j, c, k); }));
+  }
+  apply(op, (e - 1) * n, n, e - 1);
+}
 
 // How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
 // Task (c, p, b) writes partial[c][p][d] for the d of block b, so every partial sum
@@ -191,22 +200,19 @@ ReducePlan plan_reduction(const Shape3& s) {
 template <class Op>
 void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   using A = typename Op::A;
-  const int64_t D = s.D, inner = s.inner;
+  const int64_t D = s.D, inner = s.inner, N = s.numel();
   if (D == 0) return;
-
-  if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
-    // Each row is reduced and then rescaled while it is still in cache.
-    auto rows = [&](int64_t b, int64_t e) {
-      for (int64_t d = b; d < e; ++d) {
-        op.finish(d, op.reduce(d * inner, inner));
-        op.apply(d * inner, inner, d);
-      }
-    };
-    parallel(par, D, std::max<int64_t>(1, kApplyGrain / std::max<int64_t>(inner, 1)), rows);
+  if (N == 0) {  // every slice is empty: norm 0
+    for (int64_t d = 0; d < D; ++d) op.finish(d, A(0));
     return;
   }
 
-  const int64_t N = s.numel();
+  if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
+    auto rows = [&](int64_t b, int64_t e) { fused_rows(op, b, e, inner); };
+    parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);
+    return;
+  }
+
   const ReducePlan r = plan_reduction(s);
   std::unique_ptr<A[]> partial(new A[r.C * r.P * D]);
   auto reduce_tasks = [&](int64_t b, int64_t e) {
@@ -219,9 +225,9 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       for (int64_t o = o0; o < o1; ++o) {
         if (inner == 1) {
-          op.reduce_into(o * D + d0, d1 - d0, acc + d0);
+          reduce_columns(op, o * D + d0, d1 - d0, acc + d0);
         } else {
-          for (int64_t d = d0; d < d1; ++d) acc[d] += op.reduce((o * D + d) * inner + i0, i1 - i0);
+          for (int64_t d = d0; d < d1; ++d) acc[d] += reduce(op, (o * D + d) * inner + i0, i1 - i0);
         }
       }
     }
@@ -238,24 +244,24 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   parallel(par, D, std::max<int64_t>(1, 4096 / (r.C * r.P)), finish);
 
   // Elementwise pass over the flat range; each run stops at a segment's end.
-  auto apply = [&](int64_t b, int64_t e) {
+  auto elementwise = [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       int64_t idx = t * kApplyGrain;
       const int64_t end = std::min(N, idx + kApplyGrain);
       while (idx < end) {
         if (inner == 1) {
           const int64_t d = idx % D, n = std::min(end - idx, D - d);
-          op.apply_columns(idx, n, d);
+          apply_columns(op, idx, n, d);
           idx += n;
         } else {
           const int64_t d = (idx / inner) % D, i = idx % inner, n = std::min(end - idx, inner - i);
-          op.apply(idx, n, d);
+          apply(op, idx, n, d);
           idx += n;
         }
       }
     }
   };
-  parallel(par, ceil_div(N, kApplyGrain), 1, apply);
+  parallel(par, ceil_div(N, kApplyGrain), 1, elementwise);
 }
 
 template <class T>

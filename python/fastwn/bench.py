@@ -1,0 +1,221 @@
+"""Side-by-side benchmark: fastwn vs torch._weight_norm in one process.
+
+Reports medians of repeated runs, the ratio torch/fastwn (> 1: fastwn is faster), the
+effective bandwidth, and a copy of the same bytes (``clone``: read N, write N fresh) as
+the ceiling. On the CPU each allocator mode runs in a child process, because torch reads
+THP_MEM_ALLOC_ENABLE once at start-up: with it, large fresh outputs are backed by huge
+pages and page faults stop dominating.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import fastwn
+
+# (shape, dim, label): the issue's shapes, plus a last-axis case for the column path.
+CASES = [
+    ((4096, 4096), 0, "linear 4096x4096"),
+    ((4096, 4096), 1, "linear 4096x4096 dim=1"),
+    ((11008, 4096), 0, "mlp 11008x4096"),
+    ((1024, 1024), 0, "linear 1024x1024"),
+    ((256, 256, 3, 3), 0, "conv2d 256x256x3x3"),
+    ((512, 512, 3), 0, "conv1d 512x512x3"),
+    ((768, 48, 128), 2, "wav2vec2 pos-conv dim=2"),
+    ((64, 512, 512), 0, "64 rows of 262144"),
+]
+CUDA_EXTRA = [((1024, 1024, 1024), 0, "1024^3")]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _timer(device: str):
+    """Returns time(fn) -> seconds, synchronised for CUDA."""
+    if device == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return run
+
+    def run(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return run
+
+
+def _median_time(fn, device: str, reps: int, budget_s: float) -> float:
+    timer = _timer(device)
+    fn()  # warm-up (allocator, lazy init)
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < reps and (len(times) < 3 or time.perf_counter() < deadline):
+        times.append(timer(fn))
+    return statistics.median(times)
+
+
+def _broadcast(v: torch.Tensor, dim: int) -> list[int]:
+    return [v.size(dim) if i == dim else 1 for i in range(v.dim())]
+
+
+def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(shape, generator=gen).to(dtype).to(device)
+    g = torch.randn(shape[dim], generator=gen).to(dtype).to(device)
+    grad_w = torch.randn(shape, generator=gen).to(dtype).to(device)
+    g_torch = g.reshape(_broadcast(v, dim))
+    vr, gr, gtr = v.clone().requires_grad_(), g.clone().requires_grad_(), g_torch.clone().requires_grad_()
+    nbytes = v.numel() * v.element_size()
+
+    def fwd_fastwn():
+        return fastwn.weight_norm(v, g, dim)
+
+    def fwd_torch():
+        return torch._weight_norm(v, g_torch, dim)
+
+    def fb_fastwn():
+        fastwn.weight_norm(vr, gr, dim).backward(grad_w)
+        vr.grad = gr.grad = None
+
+    def fb_torch():
+        torch._weight_norm(vr, gtr, dim).backward(grad_w)
+        vr.grad = gtr.grad = None
+
+    t = {name: _median_time(fn, device, reps, budget_s) for name, fn in [
+        ("copy", v.clone), ("fwd_fastwn", fwd_fastwn), ("fwd_torch", fwd_torch),
+        ("fb_fastwn", fb_fastwn), ("fb_torch", fb_torch)]}
+    return {
+        "shape": list(shape), "dim": dim, "dtype": str(dtype).replace("torch.", ""), "device": device,
+        "bytes": nbytes, "times_s": t,
+        "fwd_speedup": t["fwd_torch"] / t["fwd_fastwn"],
+        "fb_speedup": t["fb_torch"] / t["fb_fastwn"],
+        # forward moves v in and w out; a clone moves the same bytes.
+        "fwd_gbps": 2 * nbytes / t["fwd_fastwn"] / 1e9,
+        "copy_gbps": 2 * nbytes / t["copy"] / 1e9,
+        "fwd_pct_copy": 100 * t["copy"] / t["fwd_fastwn"],
+        # forward + backward: v in, w out, then grad_w and v in, grad_v out.
+        "fb_gbps": 5 * nbytes / t["fb_fastwn"] / 1e9,
+    }
+
+
+def _cases(device: str, quick: bool):
+    cases = CASES + (CUDA_EXTRA if device == "cuda" else [])
+    if quick:
+        cases = [c for c in cases if c[0] in ((1024, 1024), (256, 256, 3, 3), (768, 48, 128))]
+    return cases
+
+
+def run_device(device: str, dtypes: list[str], reps: int, budget_s: float, quick: bool, progress=None) -> list[dict]:
+    rows = []
+    for shape, dim, label in _cases(device, quick):
+        for name in dtypes:
+            row = bench_case(shape, dim, DTYPES[name], device, reps, budget_s)
+            row["case"] = label
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "fastwn": fastwn.build_info(),
+            "cpu_isa": fastwn.cpu_isa() if fastwn.HAS_EXTENSION else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'case':<26}{'dtype':<10}{'alloc':<8}{'fwd ms':>9}{'torch':>9}{'x':>7}{'GB/s':>8}"
+            f"{'copy':>8}{'%copy':>7}{'f+b ms':>9}{'torch':>9}{'x':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        t = r["times_s"]
+        lines.append(
+            f"{r['case']:<26}{r['dtype']:<10}{r.get('alloc', r['device']):<8}{1e3 * t['fwd_fastwn']:>9.3f}"
+            f"{1e3 * t['fwd_torch']:>9.3f}{r['fwd_speedup']:>7.2f}{r['fwd_gbps']:>8.1f}{r['copy_gbps']:>8.1f}"
+            f"{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn']:>9.3f}{1e3 * t['fb_torch']:>9.3f}{r['fb_speedup']:>7.2f}")
+    return "\n".join(lines)
+
+
+def _child(args) -> None:
+    rows = run_device(args.device, args.dtypes, args.reps, args.budget, args.quick,
+                      progress=lambda r: print(f"  {r['case']} {r['dtype']}: fwd x{r['fwd_speedup']:.2f}, "
+                                               f"f+b x{r['fb_speedup']:.2f}", file=sys.stderr, flush=True))
+    for r in rows:
+        r["alloc"] = args.alloc
+    with open(args.child_out, "w") as f:
+        json.dump(rows, f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastwn bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                   help="all = cpu, plus cuda when a GPU and a CUDA build are present")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    p.add_argument("--reps", type=int, default=15, help="timed runs per measurement (median reported)")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds per measurement before stopping early (min 3 runs)")
+    p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH")
+    p.add_argument("--alloc", choices=["default", "thp"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_out:
+        _child(args)
+        return 0
+    if not fastwn.HAS_EXTENSION:
+        print(f"fastwn's extension is not loaded ({fastwn.build_info()['error']}): nothing to benchmark", file=sys.stderr)
+        return 1
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not (torch.cuda.is_available() and fastwn.build_info().get("cuda")):
+        if args.device == "cuda":
+            print("no CUDA device or no CUDA build of fastwn", file=sys.stderr)
+            return 1
+        devices.remove("cuda")
+
+    rows = []
+    for device in devices:
+        allocs = ["default", "thp"] if device == "cpu" else ["default"]
+        for alloc in allocs:
+            print(f"[{device}, {alloc} allocator]", file=sys.stderr, flush=True)
+            env = dict(os.environ)
+            env.pop("THP_MEM_ALLOC_ENABLE", None)
+            if alloc == "thp":
+                env["THP_MEM_ALLOC_ENABLE"] = "1"
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [sys.executable, "-m", "fastwn", "bench", "--device", device, "--alloc", alloc,
+                       "--child-out", out.name, "--reps", str(args.reps), "--budget", str(args.budget),
+                       "--dtypes", *args.dtypes] + (["--quick"] if args.quick else [])
+                subprocess.run(cmd, env=env, check=True)
+                rows += json.load(open(out.name))
+    print(format_table(rows))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_info(), "command": " ".join(["python -m fastwn bench", *(argv or sys.argv[2:])]),
+                       "rows": rows}, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
