@@ -57,14 +57,21 @@ def _timer(device: str):
     return run
 
 
-def _median_time(fn, device: str, reps: int, budget_s: float) -> float:
+def _median_times(fns: dict, device: str, reps: int, budget_s: float) -> dict:
+    """Median time of each function, measured round-robin: whether a fresh output
+    page-faults depends on the allocator's state, so all candidates share that state
+    rather than each being timed in a phase of its own."""
     timer = _timer(device)
-    fn()  # warm-up (allocator, lazy init)
-    times = []
+    for fn in fns.values():
+        fn()  # warm-up (allocator, lazy init)
+    times = {name: [] for name in fns}
     deadline = time.perf_counter() + budget_s
-    while len(times) < reps and (len(times) < 3 or time.perf_counter() < deadline):
-        times.append(timer(fn))
-    return statistics.median(times)
+    for rep in range(reps):
+        if rep >= 3 and time.perf_counter() > deadline:
+            break
+        for name, fn in fns.items():
+            times[name].append(timer(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _broadcast(v: torch.Tensor, dim: int) -> list[int]:
@@ -94,9 +101,8 @@ def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
         torch._weight_norm(vr, gtr, dim).backward(grad_w)
         vr.grad = gtr.grad = None
 
-    t = {name: _median_time(fn, device, reps, budget_s) for name, fn in [
-        ("copy", v.clone), ("fwd_fastwn", fwd_fastwn), ("fwd_torch", fwd_torch),
-        ("fb_fastwn", fb_fastwn), ("fb_torch", fb_torch)]}
+    t = _median_times({"copy": v.clone, "fwd_fastwn": fwd_fastwn, "fwd_torch": fwd_torch}, device, reps, budget_s)
+    t.update(_median_times({"fb_fastwn": fb_fastwn, "fb_torch": fb_torch}, device, reps, budget_s))
     return {
         "shape": list(shape), "dim": dim, "dtype": str(dtype).replace("torch.", ""), "device": device,
         "bytes": nbytes, "times_s": t,
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="all = cpu, plus cuda when a GPU and a CUDA build are present")
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     p.add_argument("--reps", type=int, default=15, help="timed runs per measurement (median reported)")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds per measurement before stopping early (min 3 runs)")
+    p.add_argument("--budget", type=float, default=4.0, help="seconds per group of measurements before stopping early (min 3 runs)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH")
     p.add_argument("--alloc", choices=["default", "thp"], default=None, help=argparse.SUPPRESS)
