@@ -24,5 +24,19 @@ test: install
 bench: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json benchmarks/results/cpu-latest.json
 
+# CUDA without a GPU or a CUDA torch (CI): the torch-free kernels are compiled for
+# Ampere and Hopper, and the glue is compiled (syntax only) against the CPU torch's
+# headers plus a stand-in for the one header only CUDA builds of torch generate.
+CUDA_CHECK_DIR := build/cuda-check
+CUDA_HOME ?= /usr/local/cuda
+TORCH_INC = $(shell $(PY) -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
+cuda-check: $(STAMP)
+	mkdir -p $(CUDA_CHECK_DIR)/include/c10/cuda/impl
+	nvcc -std=c++20 -O3 -Xptxas -warn-spills -c csrc/cuda/kernels.cu -o $(CUDA_CHECK_DIR)/kernels.o \
+	  -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+	printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > $(CUDA_CHECK_DIR)/include/c10/cuda/impl/cuda_cmake_macros.h
+	$(CXX) -std=c++20 -fsyntax-only -I$(TORCH_INC) -I$(TORCH_INC)/torch/csrc/api/include \
+	  -I$(CUDA_CHECK_DIR)/include -I$(CUDA_HOME)/include csrc/cuda/weight_norm.cpp
+
 clean:
 	rm -rf build dist $(VENV)

@@ -79,10 +79,10 @@ def _broadcast(v: torch.Tensor, dim: int) -> list[int]:
 
 
 def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(shape, generator=gen).to(dtype).to(device)
-    g = torch.randn(shape[dim], generator=gen).to(dtype).to(device)
-    grad_w = torch.randn(shape, generator=gen).to(dtype).to(device)
+    gen = torch.Generator(device).manual_seed(0)
+    v = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    g = torch.randn(shape[dim], generator=gen, device=device, dtype=dtype)
+    grad_w = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     g_torch = g.reshape(_broadcast(v, dim))
     vr, gr, gtr = v.clone().requires_grad_(), g.clone().requires_grad_(), g_torch.clone().requires_grad_()
     nbytes = v.numel() * v.element_size()

@@ -1,0 +1,489 @@
+// Weight-norm forward and backward on NVIDIA GPUs: torch-free kernels and launchers.
+//
+// The problem is the glue's dense [outer, D, inner] view (csrc/kernels.h). As on the CPU,
+// forward and backward are "ops" plugged into shared kernels: a reduction per d, a per-d
+// step, an elementwise pass. Three schedules:
+//   rows      outer == 1 and a row fits in registers: a warp or a block per row, the row
+//             read once (forward: v; backward: grad_w and v), reduced, then written.
+//   segments  contiguous runs along inner (inner >= 32, or rows too long for registers):
+//             blocks reduce (d, outer-chunk, inner-piece) tiles into partial sums.
+//   columns   inner < 32 (dim = last axis, say): coalesced reductions down the columns of
+//             the [outer, D * inner] matrix into partial sums.
+// Partial sums have exactly one writer and are combined in a fixed order (no atomics),
+// so results are bit-identical run to run.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "launch.h"
+
+namespace fastwn::cuda {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int64_t kMaxRowPacks = 2048;  // 16-byte packs a rows-kernel row may hold (8 per thread)
+
+using bf16 = __nv_bfloat16;
+using half = __half;
+
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(bf16 x) { return __bfloat162float(x); }
+
+template <class T> __device__ __forceinline__ T from_acc(acc_t<T> a);
+template <> __device__ __forceinline__ float from_acc<float>(float a) { return a; }
+template <> __device__ __forceinline__ double from_acc<double>(double a) { return a; }
+template <> __device__ __forceinline__ half from_acc<half>(float a) { return __float2half_rn(a); }
+template <> __device__ __forceinline__ bf16 from_acc<bf16>(float a) { return __float2bfloat16_rn(a); }
+
+// N consecutive elements moved as one access (16 bytes when N = 16 / sizeof(T)); the
+// launcher only picks N > 1 when every pointer and run start is 16-byte aligned.
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T x[N];
+};
+template <int N, class T>
+__device__ __forceinline__ void load_pack(const T* __restrict__ p, T (&out)[N]) {
+  const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+  for (int e = 0; e < N; ++e) out[e] = pk.x[e];
+}
+template <int N, class T>
+__device__ __forceinline__ void store_pack(T* __restrict__ p, const T (&in)[N]) {
+  Pack<T, N> pk;
+#pragma unroll
+  for (int e = 0; e < N; ++e) pk.x[e] = in[e];
+  *reinterpret_cast<Pack<T, N>*>(p) = pk;
+}
+
+// ---- ops: what is loaded, reduced and written (compare csrc/cpu/kernels.cpp) ----
+
+// Forward: norm[d] = ||v[:, d, :]||, w = v * g[d] / max(norm[d], eps).
+template <class T>
+struct FwdOp {
+  using Elem = T;
+  using A = acc_t<T>;
+  struct In { A v; };
+  struct Coef { A s; };
+  const T* __restrict__ v;
+  const T* __restrict__ g;
+  T* __restrict__ w;
+  A* __restrict__ norm;
+  A eps;
+
+  template <int N> __device__ __forceinline__ void load(int64_t i, In (&x)[N]) const {
+    T t[N];
+    load_pack<N>(v + i, t);
+#pragma unroll
+    for (int e = 0; e < N; ++e) x[e].v = to_acc(t[e]);
+  }
+  __device__ __forceinline__ static A term(const In& x) { return x.v * x.v; }
+  __device__ __forceinline__ Coef finish(int64_t d, A sumsq, bool write) const {
+    const A n = sqrt(sumsq);
+    if (write) norm[d] = n;
+    return {to_acc(g[d]) / (n < eps ? eps : n)};  // keeps a NaN norm NaN, unlike fmax
+  }
+  template <int N> __device__ __forceinline__ void store(int64_t i, const In (&x)[N], const Coef (&k)[N]) const {
+    T t[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) t[e] = from_acc<T>(x[e].v * k[e].s);
+    store_pack<N>(w + i, t);
+  }
+};
+
+// Backward: dot = <grad_w, v>[d], grad_g = dot / n_eff, grad_v = a grad_w + b v with
+// a = g / n_eff and b = -g dot / norm^3 unless eps clamped the norm (then 0).
+template <class T>
+struct BwdOp {
+  using Elem = T;
+  using A = acc_t<T>;
+  struct In { A gw, v; };
+  struct Coef { A a, b; };
+  const T* __restrict__ gw;
+  const T* __restrict__ v;
+  const T* __restrict__ g;
+  const A* __restrict__ norm;
+  T* __restrict__ gv;
+  T* __restrict__ gg;
+  A eps;
+
+  template <int N> __device__ __forceinline__ void load(int64_t i, In (&x)[N]) const {
+    T a[N], b[N];
+    load_pack<N>(gw + i, a);
+    load_pack<N>(v + i, b);
+#pragma unroll
+    for (int e = 0; e < N; ++e) x[e] = {to_acc(a[e]), to_acc(b[e])};
+  }
+  __device__ __forceinline__ static A term(const In& x) { return x.gw * x.v; }
+  __device__ __forceinline__ Coef finish(int64_t d, A dot, bool write) const {
+    const A n = norm[d];
+    const A n_eff = n < eps ? eps : n;
+    const A a = to_acc(g[d]) / n_eff;
+    if (write) gg[d] = from_acc<T>(dot / n_eff);
+    return {a, n >= eps ? -a * (dot / n) / n : A(0)};  // a (dot/n)/n: no overflow of n^3
+  }
+  template <int N> __device__ __forceinline__ void store(int64_t i, const In (&x)[N], const Coef (&k)[N]) const {
+    T t[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) t[e] = from_acc<T>(k[e].a * x[e].gw + k[e].b * x[e].v);
+    store_pack<N>(gv + i, t);
+  }
+};
+
+// Sum over groups of RT threads (RT <= 32: lanes of a warp; RT == kBlock: the block).
+// Butterfly shuffles leave the same bits in every lane (each step adds the same pair).
+template <int RT, class A>
+__device__ __forceinline__ A group_sum(A x) {
+  constexpr int kWarpWidth = RT < 32 ? RT : 32;
+#pragma unroll
+  for (int off = kWarpWidth / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off, kWarpWidth);
+  if constexpr (RT > 32) {
+    static_assert(RT == kBlock, "a group wider than a warp is the whole block");
+    __shared__ A warp_sums[kBlock / 32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = x;
+    __syncthreads();
+    x = lane < kBlock / 32 ? warp_sums[lane] : A(0);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  }
+  return x;
+}
+
+// ---- the kernels ----
+
+// One row per group of RT threads; each thread keeps ITEMS packs of N elements.
+template <class Op, int RT, int ITEMS, int N>
+__global__ void __launch_bounds__(kBlock) rows_kernel(Op op, int64_t D, int64_t inner) {
+  using A = typename Op::A;
+  const int64_t row = int64_t(blockIdx.x) * (kBlock / RT) + threadIdx.x / RT;
+  const int lane = threadIdx.x % RT;
+  const bool active = row < D;
+  const int64_t base = row * inner;
+  typename Op::In x[ITEMS][N];
+  A sum = 0;
+#pragma unroll
+  for (int k = 0; k < ITEMS; ++k) {
+    const int64_t j = (int64_t(k) * RT + lane) * N;
+    if (active && j < inner) {  // inner % N == 0 (launcher), so a pack never straddles the end
+      op.template load<N>(base + j, x[k]);
+#pragma unroll
+      for (int e = 0; e < N; ++e) sum += Op::term(x[k][e]);
+    }
+  }
+  const A total = group_sum<RT>(sum);  // every thread takes part
+  if (!active) return;
+  const typename Op::Coef c = op.finish(row, total, lane == 0);
+  typename Op::Coef k[N];
+#pragma unroll
+  for (int e = 0; e < N; ++e) k[e] = c;
+#pragma unroll
+  for (int it = 0; it < ITEMS; ++it) {
+    const int64_t j = (int64_t(it) * RT + lane) * N;
+    if (j < inner) op.template store<N>(base + j, x[it], k);
+  }
+}
+
+struct Plan {
+  enum Kind { kRows, kSegments, kColumns } kind;
+  int rt, items, vec;            // rows (vec also for segments)
+  int apply_vec;                 // elementwise pass
+  int64_t chunks, pieces;        // two-phase: outer chunks x inner pieces
+  int64_t chunk_rows, piece_len;
+  int64_t K, stride, fold;       // finish: sum partial[k * stride + d * fold + i]
+  int64_t partials() const { return kind == kRows ? 0 : K * stride; }
+};
+
+// Block (d, chunk, piece) reduces v[o, d, i] for o in the chunk, i in the piece.
+template <class Op, int N>
+__global__ void __launch_bounds__(kBlock) segments_kernel(Op op, Shape3 s, Plan pl, typename Op::A* partial) {
+  using A = typename Op::A;
+  const int64_t b = blockIdx.x;
+  const int64_t d = b % s.D, cp = b / s.D;
+  const int64_t piece = cp % pl.pieces, chunk = cp / pl.pieces;
+  const int64_t o0 = chunk * pl.chunk_rows, o1 = o0 + pl.chunk_rows < s.outer ? o0 + pl.chunk_rows : s.outer;
+  const int64_t i0 = piece * pl.piece_len, i1 = i0 + pl.piece_len < s.inner ? i0 + pl.piece_len : s.inner;
+  A sum = 0;
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t base = (o * s.D + d) * s.inner;
+    for (int64_t i = i0 + int64_t(threadIdx.x) * N; i < i1; i += int64_t(kBlock) * N) {
+      typename Op::In x[N];
+      op.template load<N>(base + i, x);
+#pragma unroll
+      for (int e = 0; e < N; ++e) sum += Op::term(x[e]);
+    }
+  }
+  const A total = group_sum<kBlock>(sum);
+  if (threadIdx.x == 0) partial[cp * s.D + d] = total;
+}
+
+// 32 columns x 8 row groups per block; blockIdx.y is the chunk of outer.
+template <class Op>
+__global__ void __launch_bounds__(kBlock) columns_kernel(Op op, int64_t outer, int64_t M, int64_t chunk_rows,
+                                                         typename Op::A* partial) {
+  using A = typename Op::A;
+  constexpr int kGroups = kBlock / 32;
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t j = int64_t(blockIdx.x) * 32 + tx;
+  const int64_t o0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t o1 = o0 + chunk_rows < outer ? o0 + chunk_rows : outer;
+  A sum = 0;
+  if (j < M) {
+    for (int64_t o = o0 + ty; o < o1; o += kGroups) {
+      typename Op::In x[1];
+      op.template load<1>(o * M + j, x);
+      sum += Op::term(x[0]);
+    }
+  }
+  __shared__ A sums[kGroups][32];
+  sums[ty][tx] = sum;
+  __syncthreads();
+  if (ty == 0 && j < M) {
+    A t = 0;
+#pragma unroll
+    for (int r = 0; r < kGroups; ++r) t += sums[r][tx];
+    partial[int64_t(blockIdx.y) * M + j] = t;
+  }
+}
+
+template <class Op>
+__global__ void finish_kernel(Op op, int64_t D, Plan pl, const typename Op::A* partial, typename Op::Coef* coefs) {
+  using A = typename Op::A;
+  for (int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+    A total = 0;
+    for (int64_t k = 0; k < pl.K; ++k)
+      for (int64_t i = 0; i < pl.fold; ++i) total += partial[k * pl.stride + d * pl.fold + i];
+    coefs[d] = op.finish(d, total, true);
+  }
+}
+
+// Elementwise pass over the flat range, N elements per step. Each thread divides once
+// to find its (d, offset in inner) and then walks forward by the grid stride, which the
+// launcher pre-divided (step_d, step_r): no 64-bit division per element.
+template <class Op, int N>
+__global__ void __launch_bounds__(kBlock) apply_kernel(Op op, int64_t numel, int64_t D, int64_t inner,
+                                                       int64_t step_d, int64_t step_r,
+                                                       const typename Op::Coef* __restrict__ coefs) {
+  const int64_t packs = numel / N;
+  const int64_t stride = int64_t(gridDim.x) * kBlock;
+  int64_t p = int64_t(blockIdx.x) * kBlock + threadIdx.x;
+  int64_t r = (p * N) % inner, d = ((p * N) / inner) % D;
+  for (; p < packs; p += stride) {
+    typename Op::In x[N];
+    op.template load<N>(p * N, x);
+    typename Op::Coef k[N];
+    int64_t re = r, de = d;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      k[e] = coefs[de];
+      if (++re == inner) re = 0, de = de + 1 == D ? 0 : de + 1;
+    }
+    op.template store<N>(p * N, x, k);
+    r += step_r;
+    const int64_t carry = r >= inner;
+    r -= carry * inner;
+    d += step_d + carry;
+    if (d >= D) d -= D;
+  }
+  // The last numel % N elements, one per thread of the first block.
+  const int64_t t = packs * N + threadIdx.x;
+  if (blockIdx.x == 0 && threadIdx.x < N && t < numel) {
+    typename Op::In x[1];
+    op.template load<1>(t, x);
+    const typename Op::Coef k[1] = {coefs[(t / inner) % D]};
+    op.template store<1>(t, x, k);
+  }
+}
+
+// ---- planning and launching ----
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <class Op>
+Plan make_plan(const Shape3& s, bool aligned, int sms) {
+  constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
+  Plan pl{};
+  pl.apply_vec = aligned ? kVec : 1;
+  pl.vec = aligned && s.inner % kVec == 0 ? kVec : 1;
+  const int64_t target_blocks = 4 * int64_t(sms);
+  if (s.numel() == 0) {  // only the finish step runs (norm 0); no partial sums
+    pl.kind = Plan::kRows;
+    return pl;
+  }
+  if (s.outer == 1) {
+    const int64_t packs = ceil_div(s.inner, pl.vec);
+    pl.rt = packs <= 32 * 8 ? 32 : kBlock;
+    pl.items = 1;
+    while (pl.items * pl.rt < packs) pl.items *= 2;
+    const int64_t blocks = ceil_div(s.D, kBlock / pl.rt);
+    // Rows fit in registers and fill the GPU: one pass. Otherwise split the rows.
+    if (packs <= kMaxRowPacks && (blocks >= sms || packs <= 32 * 8)) {
+      pl.kind = Plan::kRows;
+      return pl;
+    }
+  }
+  if (s.outer == 1 || s.inner >= 32) {
+    pl.kind = Plan::kSegments;
+    pl.chunks = std::clamp(ceil_div(target_blocks, s.D), int64_t(1), s.outer);
+    pl.pieces = std::clamp(ceil_div(target_blocks, s.D * pl.chunks), int64_t(1), ceil_div(s.inner, 4 * kBlock));
+    pl.piece_len = ceil_div(ceil_div(s.inner, pl.pieces), pl.vec) * pl.vec;
+    pl.pieces = ceil_div(s.inner, pl.piece_len);
+    pl.chunk_rows = ceil_div(s.outer, pl.chunks);
+    pl.chunks = ceil_div(s.outer, pl.chunk_rows);
+    pl.K = pl.chunks * pl.pieces;
+    pl.stride = s.D;
+    pl.fold = 1;
+    return pl;
+  }
+  pl.kind = Plan::kColumns;
+  const int64_t M = s.D * s.inner, tiles = ceil_div(M, 32);
+  pl.chunks = std::clamp(ceil_div(target_blocks, tiles), int64_t(1), std::min<int64_t>(ceil_div(s.outer, 64), 65535));
+  pl.chunk_rows = ceil_div(s.outer, pl.chunks);
+  pl.chunks = ceil_div(s.outer, pl.chunk_rows);
+  pl.K = pl.chunks;
+  pl.stride = M;
+  pl.fold = s.inner;
+  return pl;
+}
+
+// Workspace: partial sums, then the per-d coefficients at a 16-byte boundary.
+template <class Op>
+size_t coef_offset(const Plan& pl) {
+  return size_t(ceil_div(pl.partials() * int64_t(sizeof(typename Op::A)), 16) * 16);
+}
+template <class Op>
+size_t workspace_bytes(const Shape3& s, const Plan& pl) {
+  return coef_offset<Op>(pl) + size_t(s.D) * sizeof(typename Op::Coef);
+}
+
+template <class Op, int RT, int ITEMS>
+void launch_rows(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
+  constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
+  const dim3 grid(unsigned(ceil_div(s.D, kBlock / RT)));
+  if (pl.vec == 1) rows_kernel<Op, RT, ITEMS, 1><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
+  else rows_kernel<Op, RT, ITEMS, kVec><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
+}
+
+template <class Op, int RT>
+void launch_rows_items(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
+  switch (pl.items) {
+    case 1: return launch_rows<Op, RT, 1>(op, s, pl, stream);
+    case 2: return launch_rows<Op, RT, 2>(op, s, pl, stream);
+    case 4: return launch_rows<Op, RT, 4>(op, s, pl, stream);
+    default: return launch_rows<Op, RT, 8>(op, s, pl, stream);
+  }
+}
+
+template <class Op>
+cudaError_t run(const Op& op, const Shape3& s, void* workspace, int sms, cudaStream_t stream, bool aligned) {
+  if (s.D == 0) return cudaGetLastError();
+  const Plan pl = make_plan<Op>(s, aligned, sms);
+  using A = typename Op::A;
+  using Coef = typename Op::Coef;
+  A* partial = static_cast<A*>(workspace);
+  Coef* coefs = reinterpret_cast<Coef*>(static_cast<char*>(workspace) + coef_offset<Op>(pl));
+  const int64_t N = s.numel();
+  const unsigned finish_grid = unsigned(std::min<int64_t>(ceil_div(s.D, kBlock), 65535));
+
+  if (N == 0) {  // empty slices: norm 0
+    Plan none = pl;
+    none.K = 0;
+    finish_kernel<<<finish_grid, kBlock, 0, stream>>>(op, s.D, none, partial, coefs);
+    return cudaGetLastError();
+  }
+  if (pl.kind == Plan::kRows) {
+    if (pl.rt == 32) launch_rows_items<Op, 32>(op, s, pl, stream);
+    else launch_rows_items<Op, kBlock>(op, s, pl, stream);
+    return cudaGetLastError();
+  }
+  constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
+  if (pl.kind == Plan::kSegments) {
+    const dim3 grid(unsigned(s.D * pl.chunks * pl.pieces));
+    if (pl.vec == 1) segments_kernel<Op, 1><<<grid, kBlock, 0, stream>>>(op, s, pl, partial);
+    else segments_kernel<Op, kVec><<<grid, kBlock, 0, stream>>>(op, s, pl, partial);
+  } else {
+    const dim3 grid(unsigned(ceil_div(s.D * s.inner, 32)), unsigned(pl.chunks));
+    columns_kernel<<<grid, kBlock, 0, stream>>>(op, s.outer, s.D * s.inner, pl.chunk_rows, partial);
+  }
+  finish_kernel<<<finish_grid, kBlock, 0, stream>>>(op, s.D, pl, partial, coefs);
+
+  const int64_t packs = N / pl.apply_vec;
+  const int64_t blocks = std::clamp(ceil_div(packs, kBlock), int64_t(1), int64_t(sms) * 8);
+  const int64_t step = blocks * kBlock * pl.apply_vec;  // elements one grid stride advances
+  const int64_t step_d = (step / s.inner) % s.D, step_r = step % s.inner;
+  if (pl.apply_vec == 1)
+    apply_kernel<Op, 1><<<unsigned(blocks), kBlock, 0, stream>>>(op, N, s.D, s.inner, step_d, step_r, coefs);
+  else
+    apply_kernel<Op, kVec><<<unsigned(blocks), kBlock, 0, stream>>>(op, N, s.D, s.inner, step_d, step_r, coefs);
+  return cudaGetLastError();
+}
+
+template <class T>
+FwdOp<T> fwd_op(const FwdParams& p) {
+  return {static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
+          static_cast<acc_t<T>*>(p.norm), acc_t<T>(p.eps)};
+}
+template <class T>
+BwdOp<T> bwd_op(const BwdParams& p) {
+  return {static_cast<const T*>(p.grad_w), static_cast<const T*>(p.v), static_cast<const T*>(p.g),
+          static_cast<const acc_t<T>*>(p.norm), static_cast<T*>(p.grad_v), static_cast<T*>(p.grad_g),
+          acc_t<T>(p.eps)};
+}
+bool aligned(const FwdParams& p) { return aligned16(p.v) && aligned16(p.w); }
+bool aligned(const BwdParams& p) { return aligned16(p.grad_w) && aligned16(p.v) && aligned16(p.grad_v); }
+
+// Calls f(op) with the op of the params' dtype.
+template <class F>
+auto with_op(const FwdParams& p, F f) {
+  switch (p.dtype) {
+    case DType::f64: return f(fwd_op<double>(p));
+    case DType::bf16: return f(fwd_op<bf16>(p));
+    case DType::f16: return f(fwd_op<half>(p));
+    default: return f(fwd_op<float>(p));
+  }
+}
+template <class F>
+auto with_op(const BwdParams& p, F f) {
+  switch (p.dtype) {
+    case DType::f64: return f(bwd_op<double>(p));
+    case DType::bf16: return f(bwd_op<bf16>(p));
+    case DType::f16: return f(bwd_op<half>(p));
+    default: return f(bwd_op<float>(p));
+  }
+}
+
+template <class P>
+size_t workspace_for(const P& p, int sms) {
+  return with_op(p, [&](auto op) {
+    using Op = decltype(op);
+    return workspace_bytes<Op>(p.shape, make_plan<Op>(p.shape, aligned(p), sms));
+  });
+}
+
+template <class P>
+cudaError_t launch(const P& p, void* workspace, int sms, cudaStream_t stream) {
+  return with_op(p, [&](auto op) { return run(op, p.shape, workspace, sms, stream, aligned(p)); });
+}
+
+}  // namespace
+
+size_t forward_workspace_bytes(const FwdParams& p, int sms) { return workspace_for(p, sms); }
+size_t backward_workspace_bytes(const BwdParams& p, int sms) { return workspace_for(p, sms); }
+cudaError_t forward(const FwdParams& p, void* workspace, int sms, cudaStream_t stream) {
+  return launch(p, workspace, sms, stream);
+}
+cudaError_t backward(const BwdParams& p, void* workspace, int sms, cudaStream_t stream) {
+  return launch(p, workspace, sms, stream);
+}
+
+}  // namespace fastwn::cuda
