@@ -4,7 +4,9 @@ Reports medians of repeated runs, the ratio torch/fastwn (> 1: fastwn is faster)
 effective bandwidth, and a copy of the same bytes (``clone``: read N, write N fresh) as
 the ceiling. On the CPU each allocator mode runs in a child process, because torch reads
 THP_MEM_ALLOC_ENABLE once at start-up: with it, large fresh outputs are backed by huge
-pages and page faults stop dominating.
+pages. A third mode, "warm", tells glibc to keep freed memory (no fresh pages, no page
+faults), which isolates kernel speed: under the default allocator whether an output
+page-faults depends on which chunk happens to be at the top of the heap.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ CASES = [
 ]
 CUDA_EXTRA = [((1024, 1024, 1024), 0, "1024^3")]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Environment of each CPU allocator mode's child process.
+ALLOCATORS = {
+    "default": {},
+    "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
+    "warm": {"MALLOC_MMAP_THRESHOLD_": str(2**40), "MALLOC_TRIM_THRESHOLD_": str(2**40),
+             "MALLOC_TOP_PAD_": str(2**30)},
+}
 
 
 def _timer(device: str):
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=4.0, help="seconds per group of measurements before stopping early (min 3 runs)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH")
-    p.add_argument("--alloc", choices=["default", "thp"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--alloc", choices=list(ALLOCATORS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_out:
@@ -204,13 +213,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for device in devices:
-        allocs = ["default", "thp"] if device == "cpu" else ["default"]
+        allocs = list(ALLOCATORS) if device == "cpu" else ["default"]
         for alloc in allocs:
             print(f"[{device}, {alloc} allocator]", file=sys.stderr, flush=True)
-            env = dict(os.environ)
-            env.pop("THP_MEM_ALLOC_ENABLE", None)
-            if alloc == "thp":
-                env["THP_MEM_ALLOC_ENABLE"] = "1"
+            env = {k: v for k, v in os.environ.items() if not any(k in a for a in ALLOCATORS.values())}
+            env.update(ALLOCATORS[alloc])
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 cmd = [sys.executable, "-m", "fastwn", "bench", "--device", device, "--alloc", alloc,
                        "--child-out", out.name, "--reps", str(args.reps), "--budget", str(args.budget),
