@@ -46,6 +46,7 @@ else:
     from . import _ops  # noqa: F401  (fake impls and autograd for the operators)
 
 from .functional import weight_norm  # noqa: E402
+from . import init, nn  # noqa: E402,F401  (fastwn.nn layers/helpers, fastwn.init)
 
 
 def build_info() -> dict:
@@ -66,4 +67,4 @@ def cpu_isa() -> str:
     return _C.cpu_isa()
 
 
-__all__ = ["weight_norm", "build_info", "cpu_isa", "HAS_EXTENSION", "__version__"]
+__all__ = ["weight_norm", "nn", "init", "build_info", "cpu_isa", "HAS_EXTENSION", "__version__"]
