@@ -110,6 +110,15 @@ struct BwdOp {
   }
 };
 
+// f(j, c) over [0, n) in chunks of c = W lanes, then one tail chunk. The full chunks
+// pass W as a constant, so ld/st compile to plain unmasked moves in the body.
+template <class V, class F>
+inline void for_chunks(int64_t n, F f) {
+  int64_t j = 0;
+  for (; j + V::W <= n; j += V::W) f(j, V::W);
+  if (j < n) f(j, n - j);
+}
+
 struct NoSide {
   void operator()(int64_t, int64_t) const {}
 };
@@ -136,28 +145,30 @@ typename Op::A reduce(const Op& op, int64_t off, int64_t n, Side side = {}) {
   return ((a0 + a1) + (a2 + a3)).hsum();
 }
 
-// acc[j] += the terms of element off + j, for j in [0, n): the column reduction.
+// acc[j] += the terms of elements off + r * stride + j for r in [0, rows), j in [0, n):
+// the column reduction. Up to kColumnRows rows share one load and store of the
+// accumulators (the loop is L1-bound otherwise); the FMAs still chain in row order, so
+// the sums are those of a row-by-row loop, bit for bit.
+constexpr int64_t kColumnRows = 4;
 template <class Op>
-void reduce_columns(const Op& op, int64_t off, int64_t n, typename Op::A* acc) {
+void reduce_columns(const Op& op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
   using V = typename Op::V;
-  for (int64_t j = 0; j < n; j += V::W) {
-    const int64_t c = std::min<int64_t>(V::W, n - j);
-    st(op.acc(ld<V>(acc + j, c), off + j, c), acc + j, c);
-  }
+  for_chunks<V>(n, [&](int64_t j, int64_t c) {
+    V a = ld<V>(acc + j, c);
+    for (int64_t r = 0; r < rows; ++r) a = op.acc(a, off + r * stride + j, c);
+    st(a, acc + j, c);
+  });
 }
 
 template <class Op>
 void apply(const Op& op, int64_t off, int64_t n, int64_t d) {
   const auto k = op.coef(d);
-  for (int64_t j = 0; j < n; j += Op::V::W) op.put(off + j, std::min<int64_t>(Op::V::W, n - j), k);
+  for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, k); });
 }
 
 template <class Op>
 void apply_columns(const Op& op, int64_t off, int64_t n, int64_t d0) {
-  for (int64_t j = 0; j < n; j += Op::V::W) {
-    const int64_t c = std::min<int64_t>(Op::V::W, n - j);
-    op.put(off + j, c, op.coef_columns(d0 + j, c));
-  }
+  for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c)); });
 }
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
@@ -223,12 +234,12 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       const int64_t d0 = blk * r.block_len, d1 = std::min(D, d0 + r.block_len);
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
-      for (int64_t o = o0; o < o1; ++o) {
-        if (inner == 1) {
-          reduce_columns(op, o * D + d0, d1 - d0, acc + d0);
-        } else {
+      if (inner == 1) {
+        for (int64_t o = o0; o < o1; o += kColumnRows)
+          reduce_columns(op, o * D + d0, D, std::min(kColumnRows, o1 - o), d1 - d0, acc + d0);
+      } else {
+        for (int64_t o = o0; o < o1; ++o)
           for (int64_t d = d0; d < d1; ++d) acc[d] += reduce(op, (o * D + d) * inner + i0, i1 - i0);
-        }
       }
     }
   };

@@ -43,7 +43,9 @@ if not HAS_EXTENSION:
         raise ImportError(f"{_EXTENSION_ERROR} (FASTWN_REQUIRE_EXTENSION=1)")
     warnings.warn(f"{_EXTENSION_ERROR}; fastwn falls back to torch._weight_norm", RuntimeWarning, stacklevel=2)
 else:
-    from . import _ops  # noqa: F401  (fake impls and autograd for the operators)
+    from . import _ops, functional  # _ops: fake impls and autograd for the operators
+
+    functional._fwd = _ops.fwd.default
 
 from .functional import weight_norm  # noqa: E402
 from . import init, nn  # noqa: E402,F401  (fastwn.nn layers/helpers, fastwn.init)

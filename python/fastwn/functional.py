@@ -5,6 +5,10 @@ import torch
 
 from . import _composite
 
+# The forward operator (an OpOverload, resolved once: calling the packet re-resolves the
+# overload every call), or None when the extension did not load; set by fastwn/__init__.
+_fwd = None
+
 
 def _no_autograd_needed(v: torch.Tensor, g: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
@@ -21,18 +25,14 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
     exactly ``torch._weight_norm`` (a zero slice gives NaN); ``eps > 0`` guards zero slices.
     """
     d = _composite.WHOLE if dim is None else int(dim)
-    from . import HAS_EXTENSION
-
-    if HAS_EXTENSION:
-        from . import _ops
-
+    if _fwd is not None:
         if _no_autograd_needed(v, g):
             # The autograd layer register_autograd installs is Python and costs several
             # microseconds per call even when it only redispatches; skip it where it
             # provably has nothing to do (eager, no grad, no functorch transform).
             with torch._C._AutoDispatchBelowAutograd():
-                return _ops.fwd(v, g, d, float(eps))[0]
-        return _ops.fwd(v, g, d, float(eps))[0]
+                return _fwd(v, g, d, float(eps))[0]
+        return _fwd(v, g, d, float(eps))[0]
     if eps == 0.0 and d != _composite.WHOLE and v.dim() > 0:
         return torch._weight_norm(v, g.reshape(_composite.broadcast_shape(v, d)), d)
     return _composite.forward(v, g, d, float(eps))[0]
