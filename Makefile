@@ -21,8 +21,14 @@ install: $(STAMP)
 test: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
+RESULTS ?= benchmarks/results/latest
 bench: install
-	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json benchmarks/results/cpu-latest.json
+	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json $(RESULTS)-ops.json
+	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --models --json $(RESULTS)-models.json
+
+# A wheel for the torch in the venv (it requires that torch release).
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-build-isolation --no-deps . -w dist
 
 # CUDA without a GPU or a CUDA torch (CI): the torch-free kernels are compiled for
 # Ampere and Hopper, and the glue is compiled (syntax only) against the CPU torch's

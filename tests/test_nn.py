@@ -121,10 +121,11 @@ def test_convert_keeps_function_keys_and_parameters(name, wrap):
     torch.manual_seed(2)
     model = make(wrap)
     x = data()
-    # Not a deepcopy: torch's remove_parametrizations deletes the property from a class
-    # that a deepcopy of a parametrized module shares.
-    expected = make(wrap)
-    expected.load_state_dict(model.state_dict())
+    if wrap is legacy_weight_norm:  # torch cannot deepcopy these after a forward
+        expected = make(wrap)
+        expected.load_state_dict(model.state_dict())
+    else:  # convert must not break a copy that shares torch's generated classes
+        expected = copy.deepcopy(model)
     keys, params = list(model.state_dict()), list(model.parameters())
     model.parameters().__next__().requires_grad_(False)
     frozen = [p.requires_grad for p in model.parameters()]

@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=15, help="timed runs per measurement (median reported)")
     p.add_argument("--budget", type=float, default=4.0, help="seconds per group of measurements before stopping early (min 3 runs)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
-    p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH")
+    p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH "
+                   "(and a PNG plot beside it)")
+    p.add_argument("--models", action="store_true", help="whole models (training step, inference) instead of the op")
+    p.add_argument("--no-compile", action="store_true", help="with --models: skip torch.compile of torch's models")
     p.add_argument("--alloc", choices=list(ALLOCATORS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -204,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastwn's extension is not loaded ({fastwn.build_info()['error']}): nothing to benchmark", file=sys.stderr)
         return 1
 
+    if args.models:
+        return _main_models(args, argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not (torch.cuda.is_available() and fastwn.build_info().get("cuda")):
         if args.device == "cuda":
@@ -225,10 +230,59 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(cmd, env=env, check=True)
                 rows += json.load(open(out.name))
     print(format_table(rows))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine_info(), "command": " ".join(["python -m fastwn bench", *(argv or sys.argv[2:])]),
-                       "rows": rows}, f, indent=1)
-        print(f"wrote {args.json}", file=sys.stderr)
+    _write(args, argv, rows, plot_ops)
     return 0
+
+
+def _write(args, argv, rows, plot) -> None:
+    if not args.json:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine_info(), "command": " ".join(["python -m fastwn bench", *(argv or sys.argv[2:])]),
+                   "rows": rows}, f, indent=1)
+    png = os.path.splitext(args.json)[0] + ".png"
+    plot(rows, png)
+    print(f"wrote {args.json} and {png}", file=sys.stderr)
+
+
+def _main_models(args, argv) -> int:
+    from . import bench_models
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if not torch.cuda.is_available() or not fastwn.build_info().get("cuda"):
+        devices = [d for d in devices if d != "cuda"]
+    rows = []
+    for device in devices:
+        rows += bench_models.run(device, min(args.reps, 10), not args.no_compile)
+    print(bench_models.format_table(rows))
+    _write(args, argv, rows, bench_models.plot)
+    return 0
+
+
+def plot_ops(rows: list[dict], path: str) -> None:
+    """Forward and forward+backward speed-up over torch per case, dtype and allocator mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["device"], r.get("alloc", r["device"])) for r in rows))
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.2 * len(groups)), squeeze=False)
+    width = 0.8 / len(dtypes)
+    for gi, (device, alloc) in enumerate(groups):
+        for ci, (key, title) in enumerate((("fwd_speedup", "forward"), ("fb_speedup", "forward+backward"))):
+            ax = axes[gi][ci]
+            for di, dt in enumerate(dtypes):
+                ys = [next((r[key] for r in rows if r["case"] == c and r["dtype"] == dt and r["device"] == device
+                            and r.get("alloc", device) == alloc), 0) for c in cases]
+                ax.bar([j + di * width for j in range(len(cases))], ys, width, label=dt)
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xticks([j + width * (len(dtypes) - 1) / 2 for j in range(len(cases))], cases, rotation=25,
+                          ha="right", fontsize=7)
+            ax.set(title=f"{device}, {alloc} allocator: {title} speed-up over torch", ylabel="x")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -234,19 +234,37 @@ def remove_weight_norm(module: nn.Module, name: str = "weight") -> nn.Module:
     return module
 
 
+def _take_torch_weight_norms(module: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter, int]]:
+    """Removes PyTorch's weight-norm parametrizations from module, returning (name, g, v,
+    dim) for each. When they are all the module has, it returns to the class it had
+    before them without deleting anything from the generated class: torch's
+    remove_parametrizations deletes the property from that class, which a deepcopy of
+    the module shares, and so breaks the copy."""
+    names = [n for n, kind in _weight_norm_names(module) if kind == "parametrization"]
+    if not names:
+        return []
+    taken = [(n, module.parametrizations[n].original0, module.parametrizations[n].original1,
+              module.parametrizations[n][0].dim) for n in names]
+    if len(names) == len(module.parametrizations):
+        base = parametrize.type_before_parametrizations(module)
+        del module.parametrizations
+        module.__class__ = base
+    else:  # other parametrizations stay: only torch can take these out
+        for n in names:
+            parametrize.remove_parametrizations(module, n, leave_parametrized=True)
+            del module._parameters[n]
+    return taken
+
+
 def convert(model: nn.Module) -> nn.Module:
     """In place, replaces every weight norm in `model` (PyTorch's parametrization or
     legacy hook) by fastwn's, reusing the same g and v Parameter objects (an optimizer
     built before keeps working), their values, requires_grad and state_dict keys."""
     for module in model.modules():
+        for name, g, v, dim in _take_torch_weight_norms(module):
+            _attach(module, name, g, v, dim, 0.0, legacy=False)
         for name, kind in _weight_norm_names(module):
-            if kind == "parametrization":
-                plist = module.parametrizations[name]
-                g, v, dim = plist.original0, plist.original1, plist[0].dim
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-                del module._parameters[name]
-                _attach(module, name, g, v, dim, 0.0, legacy=False)
-            elif kind == "legacy":
+            if kind == "legacy":
                 hook_id, hook = next((k, h) for k, h in module._forward_pre_hooks.items()
                                      if isinstance(h, _TorchLegacyWeightNorm) and h.name == name)
                 g, v = module._parameters.pop(name + "_g"), module._parameters.pop(name + "_v")
