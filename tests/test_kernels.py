@@ -200,3 +200,17 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
     for name, outs in results.items():
         for a, b in zip(outs, results["scalar"]):
             torch.testing.assert_close(a, b, rtol=rtol, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_outputs_take_the_streaming_path(isa, device, dtype, dim, layout):
+    """Outputs of 8 MiB and more are written with non-temporal stores (kStreamBytes in
+    csrc/cpu/kernels.cpp); odd sizes and an offset view also exercise the unaligned
+    chunks that fall back to ordinary stores."""
+    shape = (2051, 2053)  # 4.2M elements: >= 8 MiB in every dtype
+    gen = torch.Generator().manual_seed(9)
+    v = make(shape, dtype, layout, gen, device)
+    assert v.numel() * v.element_size() >= 8 << 20
+    check_forward_backward(v, g_for(v, dim, gen), dim)

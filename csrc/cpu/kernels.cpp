@@ -37,6 +37,19 @@ inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, 
 template <class V, class T>
 inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
 
+// Outputs at least this large are written with non-temporal stores: a normal store first
+// reads the line it writes (a third of a copy's traffic), and an output this much larger
+// than the L2 caches would not be found there by the next reader anyway.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// st for an op's output: streamed when the op streams and the chunk is a full, aligned vector.
+template <class V, class T>
+inline void st_out(const V& v, T* p, int64_t n, bool stream) {
+  constexpr uintptr_t kAlign = uintptr_t(V::W) * sizeof(T);
+  if (stream && n == V::W && reinterpret_cast<uintptr_t>(p) % kAlign == 0) v.stream(p);
+  else st(v, p, n);
+}
+
 // The accumulation type: fp64 for fp64, fp32 for everything else.
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -60,6 +73,7 @@ struct FwdOp {
   A* norm;
   A eps;
   A* scale;  // workspace [D]
+  bool stream;  // non-temporal stores for w
 
   V acc(V a, int64_t i, int64_t c) const {
     const V x = ld<V>(v + i, c);
@@ -72,7 +86,7 @@ struct FwdOp {
   }
   Coef coef(int64_t d) const { return {V::set1(scale[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(scale + d0, c)}; }
-  void put(int64_t i, int64_t c, const Coef& k) const { st(ld<V>(v + i, c) * k.s, w + i, c); }
+  void put(int64_t i, int64_t c, const Coef& k) const { st_out(ld<V>(v + i, c) * k.s, w + i, c, stream); }
 };
 
 // Backward: dot[d] = <grad_w, v>[d]; grad_g = dot / n_eff;
@@ -92,6 +106,7 @@ struct BwdOp {
   A eps;
   A* coef_a;  // workspace [D]
   A* coef_b;  // workspace [D]
+  bool stream;  // non-temporal stores for grad_v
 
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   void finish(int64_t d, A dot) const {
@@ -106,7 +121,7 @@ struct BwdOp {
   Coef coef(int64_t d) const { return {V::set1(coef_a[d]), V::set1(coef_b[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(coef_a + d0, c), ld<V>(coef_b + d0, c)}; }
   void put(int64_t i, int64_t c, const Coef& k) const {
-    st(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv + i, c);
+    st_out(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv + i, c, stream);
   }
 };
 
@@ -219,7 +234,10 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   }
 
   if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
-    auto rows = [&](int64_t b, int64_t e) { fused_rows(op, b, e, inner); };
+    auto rows = [&](int64_t b, int64_t e) {
+      fused_rows(op, b, e, inner);
+      fence();
+    };
     parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);
     return;
   }
@@ -271,6 +289,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
         }
       }
     }
+    fence();
   };
   parallel(par, ceil_div(N, kApplyGrain), 1, elementwise);
 }
@@ -280,7 +299,8 @@ void forward_t(const FwdParams& p, ParallelFor par) {
   using A = acc_t<T>;
   std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
   const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
-                    static_cast<A*>(p.norm), A(p.eps), scale.get()};
+                    static_cast<A*>(p.norm), A(p.eps), scale.get(),
+                    p.shape.numel() * int64_t(sizeof(T)) >= kStreamBytes};
   run(op, p.shape, sizeof(T), par);
 }
 
@@ -292,7 +312,7 @@ void backward_t(const BwdParams& p, ParallelFor par) {
                     static_cast<const T*>(p.g),      static_cast<const A*>(p.norm),
                     static_cast<T*>(p.grad_v),       static_cast<T*>(p.grad_g),
                     A(p.eps),                        coef.get(),
-                    coef.get() + p.shape.D};
+                    coef.get() + p.shape.D,          p.shape.numel() * int64_t(sizeof(T)) >= kStreamBytes};
   run(op, p.shape, sizeof(T), par);
 }
 

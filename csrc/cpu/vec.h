@@ -7,7 +7,10 @@
 //
 // Loads and stores are unaligned: a view may start anywhere. load(p, n) / store(p, n)
 // touch only the first n < W lanes' memory (masked on AVX-512, via a stack buffer on
-// AVX2), so loops need no separate scalar tail code.
+// AVX2), so loops need no separate scalar tail code. stream(p) is a full-width
+// non-temporal store (no read-for-ownership of the line); p must be aligned to the
+// store's width (stream_align<T>() bytes), and the writer must fence (fence()) before
+// others read the data.
 #pragma once
 
 #include <cmath>
@@ -65,6 +68,13 @@ template <> inline f16_t from_acc<f16_t>(float a) {
 
 template <class A> struct Vec;
 
+// Orders this thread's non-temporal stores before whatever it does next.
+inline void fence() {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
 #if defined(__AVX512F__)
 
 inline __mmask16 mask16(int64_t n) { return __mmask16((1u << n) - 1u); }
@@ -96,6 +106,9 @@ template <> struct Vec<float> {
   static Vec load(const f16_t* p, int64_t n) { return {_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p))}; }
   void store(float* p) const { _mm512_storeu_ps(p, x); }
   void store(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, mask16(n), x); }
+  void stream(float* p) const { _mm512_stream_ps(p, x); }
+  void stream(bf16_t* p) const { _mm256_stream_si256((__m256i*)p, cvt_bf16(x)); }
+  void stream(f16_t* p) const { _mm256_stream_si256((__m256i*)p, _mm512_cvtps_ph(x, kRoundNearest)); }
   void store(bf16_t* p) const { _mm256_storeu_si256((__m256i*)p, cvt_bf16(x)); }
   void store(bf16_t* p, int64_t n) const { _mm256_mask_storeu_epi16(p, mask16(n), cvt_bf16(x)); }
   void store(f16_t* p) const { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, kRoundNearest)); }
@@ -117,6 +130,7 @@ template <> struct Vec<double> {
   static Vec load(const double* p, int64_t n) { return {_mm512_maskz_loadu_pd(mask(n), p)}; }
   void store(double* p) const { _mm512_storeu_pd(p, x); }
   void store(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, mask(n), x); }
+  void stream(double* p) const { _mm512_stream_pd(p, x); }
   double hsum() const { return _mm512_reduce_add_pd(x); }
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.x, b.x)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.x, b.x)}; }
@@ -168,6 +182,9 @@ template <> struct Vec<float> {
   void store(bf16_t* p) const { _mm_storeu_si128((__m128i*)p, cvt_bf16(x)); }
   void store(f16_t* p) const { _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(x, kRoundNearest)); }
   template <class T> void store(T* p, int64_t n) const { store_partial(*this, p, n); }
+  void stream(float* p) const { _mm256_stream_ps(p, x); }
+  void stream(bf16_t* p) const { _mm_stream_si128((__m128i*)p, cvt_bf16(x)); }
+  void stream(f16_t* p) const { _mm_stream_si128((__m128i*)p, _mm256_cvtps_ph(x, kRoundNearest)); }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -189,6 +206,7 @@ template <> struct Vec<double> {
   static Vec load(const double* p, int64_t n) { return load_partial<Vec>(p, n); }
   void store(double* p) const { _mm256_storeu_pd(p, x); }
   void store(double* p, int64_t n) const { store_partial(*this, p, n); }
+  void stream(double* p) const { _mm256_stream_pd(p, x); }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -219,6 +237,7 @@ template <class Acc> struct Vec {
     return r;
   }
   template <class T> void store(T* p) const { store(p, W); }
+  template <class T> void stream(T* p) const { store(p, W); }  // plain C++ has no non-temporal store
   template <class T> void store(T* p, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) p[i] = from_acc<T>(x[i]);
   }
