@@ -205,10 +205,9 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
 @pytest.mark.parametrize("dim", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_large_outputs_take_the_streaming_path(isa, device, dtype, dim, layout):
-    """Outputs of 8 MiB and more are written with non-temporal stores (kStreamBytes in
-    csrc/cpu/kernels.cpp); odd sizes and an offset view also exercise the unaligned
-    chunks that fall back to ordinary stores."""
+def test_large_outputs(isa, device, dtype, dim, layout):
+    """Outputs of 8 MiB and more (fresh memory here, so ordinary stores; the non-temporal
+    stores into resident memory are tested on the kernels directly: test_cpp_kernels.py)."""
     shape = (2051, 2053)  # 4.2M elements: >= 8 MiB in every dtype
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, layout, gen, device)

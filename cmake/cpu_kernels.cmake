@@ -1,0 +1,20 @@
+# csrc/cpu/kernels.cpp compiled once per ISA, each into its own namespace; used by the
+# extension (CMakeLists.txt) and by the kernel test (tests/cpp). Sets FASTWN_CPU_OBJECTS.
+set(FASTWN_ROOT "${CMAKE_CURRENT_LIST_DIR}/..")
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  set(FASTWN_FLAGS_scalar "")
+  set(FASTWN_FLAGS_avx2 -mavx2 -mfma -mf16c)
+  set(FASTWN_FLAGS_avx512 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c)
+else()  # other CPUs run the portable code under every name; isa.cpp picks scalar
+  set(FASTWN_FLAGS_scalar "")
+  set(FASTWN_FLAGS_avx2 "")
+  set(FASTWN_FLAGS_avx512 "")
+endif()
+set(FASTWN_CPU_OBJECTS "")
+foreach(isa scalar avx2 avx512)
+  add_library(fastwn_cpu_${isa} OBJECT "${FASTWN_ROOT}/csrc/cpu/kernels.cpp")
+  target_compile_definitions(fastwn_cpu_${isa} PRIVATE FASTWN_ISA=${isa})
+  target_compile_options(fastwn_cpu_${isa} PRIVATE -O3 -fno-math-errno ${FASTWN_FLAGS_${isa}})
+  set_target_properties(fastwn_cpu_${isa} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  list(APPEND FASTWN_CPU_OBJECTS $<TARGET_OBJECTS:fastwn_cpu_${isa}>)
+endforeach()
