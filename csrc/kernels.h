@@ -31,10 +31,9 @@ struct FwdParams {
   void* w;
   void* norm;
   double eps;
-  // CPU: the output's pages are already backed by memory. Only then do large outputs
-  // get non-temporal stores: a fresh page is zeroed into the cache at first touch, and
-  // ordinary stores into it are the cheaper ones (measured: 0.71x vs 0.98x of torch).
-  bool output_resident = false;
+  // CPU: write w with non-temporal stores (no read-for-ownership of each line). The
+  // glue decides when that pays: see csrc/cpu/weight_norm.cpp.
+  bool stream_output = false;
 };
 
 struct BwdParams {
@@ -47,7 +46,7 @@ struct BwdParams {
   void* grad_v;
   void* grad_g;
   double eps;
-  bool output_resident = false;  // as in FwdParams, for grad_v
+  bool stream_output = false;  // as in FwdParams, for grad_v
 };
 
 namespace cpu {

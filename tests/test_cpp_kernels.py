@@ -1,6 +1,6 @@
 """Builds and runs tests/cpp: the torch-free CPU kernels on their own, with and without
-non-temporal stores (which only resident outputs of 8 MiB and more get, so the Python
-tests cannot choose them), against a float64 reference."""
+non-temporal stores (which the glue picks only for resident outputs larger than the
+last-level cache, so the Python tests cannot choose them), against a float64 reference."""
 import os
 import pathlib
 import shutil

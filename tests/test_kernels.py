@@ -206,10 +206,10 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
 @pytest.mark.parametrize("dim", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_outputs(isa, device, dtype, dim, layout):
-    """Outputs of 8 MiB and more (fresh memory here, so ordinary stores; the non-temporal
-    stores into resident memory are tested on the kernels directly: test_cpp_kernels.py)."""
-    shape = (2051, 2053)  # 4.2M elements: >= 8 MiB in every dtype
+    """Large outputs, odd sizes and an offset view. (Non-temporal stores, which the glue
+    picks only for resident outputs larger than the last-level cache, are tested on the
+    kernels directly: test_cpp_kernels.py.)"""
+    shape = (2051, 2053)  # 4.2M elements
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, layout, gen, device)
-    assert v.numel() * v.element_size() >= 8 << 20
     check_forward_backward(v, g_for(v, dim, gen), dim)

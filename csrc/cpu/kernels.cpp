@@ -37,16 +37,6 @@ inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, 
 template <class V, class T>
 inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
 
-// Outputs at least this large, in memory that is already backed (output_resident), are
-// written with non-temporal stores: a normal store first reads the line it writes (a
-// third of a copy's traffic), and an output this much larger than the L2 caches would
-// not be found there by the next reader anyway.
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
-
-bool streams(const Shape3& s, int64_t elem_bytes, bool output_resident) {
-  return output_resident && s.numel() * elem_bytes >= kStreamBytes;
-}
-
 // st for an op's output: streamed when the op streams and the chunk is a full, aligned vector.
 template <class V, class T>
 inline void st_out(const V& v, T* p, int64_t n, bool stream) {
@@ -305,7 +295,7 @@ void forward_t(const FwdParams& p, ParallelFor par) {
   std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
   const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
                     static_cast<A*>(p.norm), A(p.eps), scale.get(),
-                    streams(p.shape, sizeof(T), p.output_resident)};
+                    p.stream_output};
   run(op, p.shape, sizeof(T), par);
 }
 
@@ -317,7 +307,7 @@ void backward_t(const BwdParams& p, ParallelFor par) {
                     static_cast<const T*>(p.g),      static_cast<const A*>(p.norm),
                     static_cast<T*>(p.grad_v),       static_cast<T*>(p.grad_g),
                     A(p.eps),                        coef.get(),
-                    coef.get() + p.shape.D,          streams(p.shape, sizeof(T), p.output_resident)};
+                    coef.get() + p.shape.D,          p.stream_output};
   run(op, p.shape, sizeof(T), par);
 }
 

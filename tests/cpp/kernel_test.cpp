@@ -1,7 +1,7 @@
 // The torch-free CPU kernels on their own: every ISA this CPU runs, every dtype, the
 // three schedules (fused rows, columns, middle axis) on outputs of 8 MiB and more, at an
 // aligned and an odd address. Written with and without non-temporal stores
-// (output_resident), the results must be bit-identical, and they must match a float64
+// (stream_output), the results must be bit-identical, and they must match a float64
 // reference. Ends with the line "N passed, M failed"; exits non-zero on a failure.
 #include <cmath>
 #include <cstdint>
