@@ -428,13 +428,14 @@ cudaError_t run(const Op& op, const Shape3& s, void* workspace, int sms, cudaStr
   return cudaGetLastError();
 }
 
+// The op for the params' storage type T: forward or backward by the params' type.
 template <class T>
-FwdOp<T> fwd_op(const FwdParams& p) {
+FwdOp<T> op_for(const FwdParams& p) {
   return {static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
           static_cast<acc_t<T>*>(p.norm), acc_t<T>(p.eps)};
 }
 template <class T>
-BwdOp<T> bwd_op(const BwdParams& p) {
+BwdOp<T> op_for(const BwdParams& p) {
   return {static_cast<const T*>(p.grad_w), static_cast<const T*>(p.v), static_cast<const T*>(p.g),
           static_cast<const acc_t<T>*>(p.norm), static_cast<T*>(p.grad_v), static_cast<T*>(p.grad_g),
           acc_t<T>(p.eps)};
@@ -442,23 +443,14 @@ BwdOp<T> bwd_op(const BwdParams& p) {
 bool aligned(const FwdParams& p) { return aligned16(p.v) && aligned16(p.w); }
 bool aligned(const BwdParams& p) { return aligned16(p.grad_w) && aligned16(p.v) && aligned16(p.grad_v); }
 
-// Calls f(op) with the op of the params' dtype.
-template <class F>
-auto with_op(const FwdParams& p, F f) {
+// Calls f(op) with the op of the params' dtype: the one place dtypes are dispatched.
+template <class P, class F>
+auto with_op(const P& p, F f) {
   switch (p.dtype) {
-    case DType::f64: return f(fwd_op<double>(p));
-    case DType::bf16: return f(fwd_op<bf16>(p));
-    case DType::f16: return f(fwd_op<half>(p));
-    default: return f(fwd_op<float>(p));
-  }
-}
-template <class F>
-auto with_op(const BwdParams& p, F f) {
-  switch (p.dtype) {
-    case DType::f64: return f(bwd_op<double>(p));
-    case DType::bf16: return f(bwd_op<bf16>(p));
-    case DType::f16: return f(bwd_op<half>(p));
-    default: return f(bwd_op<float>(p));
+    case DType::f64: return f(op_for<double>(p));
+    case DType::bf16: return f(op_for<bf16>(p));
+    case DType::f16: return f(op_for<half>(p));
+    default: return f(op_for<float>(p));
   }
 }
 
