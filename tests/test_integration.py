@@ -64,6 +64,15 @@ def _init(rank, world, out_dir):
     return dist
 
 
+def _exit_cleanly():
+    # A rank that finished leaves without running static destructors: at interpreter exit
+    # the process group's C++ threads raced their destructors to std::terminate (SIGABRT,
+    # seen in CI after all work was done). Failures raise before reaching this.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _ddp_worker(rank, world, x, state, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
@@ -78,8 +87,10 @@ def _ddp_worker(rank, world, x, state, out_dir):
         ddp(half).square().mean().backward()
         torch.save({"params": {k: p.detach() for k, p in model.named_parameters()},
                     "grads": {k: p.grad for k, p in model.named_parameters()}}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
 
 
 def test_ddp_gloo_matches_single_process(tmp_path):
@@ -114,8 +125,10 @@ def _fsdp_worker(rank, world, x, state, out_dir):
         grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}
         if rank == 0:
             torch.save(grads, os.path.join(out_dir, "grads.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
 
 
 def test_fsdp2_fully_shard(tmp_path):
