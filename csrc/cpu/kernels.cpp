@@ -55,6 +55,9 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 //   finish(d, total)               the per-d step once slice d is reduced
 //   coef(d), coef_columns(d0, c)   per-d coefficients, broadcast or one per lane
 //   put(i, c, k)                   writes the chunk's outputs with coefficients k
+// The loops below take the op by value: the intrinsics' vector types may alias
+// anything, so after each store the compiler would reload every pointer of an op it
+// reaches through a reference; a local copy whose address never escapes stays in registers.
 
 // Forward: norm[d] = ||v[:, d, :]||, w = v * g[d] / max(norm[d], eps).
 template <class T>
@@ -138,7 +141,7 @@ struct NoSide {
 // rescales the previous row there, so this row's memory reads overlap that row's
 // stores, as in a copy, instead of alternating with them. side never changes the sum.
 template <class Op, class Side = NoSide>
-typename Op::A reduce(const Op& op, int64_t off, int64_t n, Side side = {}) {
+typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
   using V = typename Op::V;
   constexpr int64_t W = V::W;
   V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
@@ -161,7 +164,7 @@ typename Op::A reduce(const Op& op, int64_t off, int64_t n, Side side = {}) {
 // the sums are those of a row-by-row loop, bit for bit.
 constexpr int64_t kColumnRows = 4;
 template <class Op>
-void reduce_columns(const Op& op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
+void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
   using V = typename Op::V;
   for_chunks<V>(n, [&](int64_t j, int64_t c) {
     V a = ld<V>(acc + j, c);
@@ -171,20 +174,20 @@ void reduce_columns(const Op& op, int64_t off, int64_t stride, int64_t rows, int
 }
 
 template <class Op>
-void apply(const Op& op, int64_t off, int64_t n, int64_t d) {
+void apply(Op op, int64_t off, int64_t n, int64_t d) {
   const auto k = op.coef(d);
   for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, k); });
 }
 
 template <class Op>
-void apply_columns(const Op& op, int64_t off, int64_t n, int64_t d0) {
+void apply_columns(Op op, int64_t off, int64_t n, int64_t d0) {
   for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c)); });
 }
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
 // d + 1 is reduced in the loop that rescales row d.
 template <class Op>
-void fused_rows(const Op& op, int64_t b, int64_t e, int64_t n) {
+void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
   if (b >= e) return;
   op.finish(b, reduce(op, b * n, n));
   for (int64_t d = b; d + 1 < e; ++d) {
