@@ -14,6 +14,10 @@ TORCH_LIBRARY(fastwn, m) {
   m.def("weight_norm_fwd(Tensor v, Tensor g, int dim, float eps=0.0) -> (Tensor w, Tensor norm)");
   m.def("weight_norm_bwd(Tensor grad_w, Tensor v, Tensor g, Tensor norm, int dim, float eps=0.0)"
         " -> (Tensor grad_v, Tensor grad_g)");
+  // The backward as differentiable torch ops, for create_graph=True and for grad_g alone:
+  // [grad_v, grad_g], or [grad_g] when need_v is false. Implemented in Python.
+  m.def("weight_norm_bwd_composite(Tensor grad_w, Tensor v, Tensor g, int dim, float eps, bool need_v)"
+        " -> Tensor[]");
 }
 
 namespace py = pybind11;

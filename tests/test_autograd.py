@@ -36,6 +36,14 @@ def test_autograd_runs_the_fused_backward(isa, device, shape, dim, dtype):
     assert torch.equal(v.grad, grad_v) and torch.equal(g.grad, grad_g)
 
 
+def test_vmap_matches_per_sample_calls():
+    # C++ autograd Functions run under vmap through PyTorch's per-sample fallback.
+    v = torch.randn(3, 5, 7, dtype=torch.float64)
+    g = torch.randn(5, dtype=torch.float64)
+    out = torch.func.vmap(lambda vi: fastwn.weight_norm(vi, g, 0))(v)
+    assert torch.equal(out, torch.stack([fastwn.weight_norm(vi, g, 0) for vi in v]))
+
+
 def test_double_backward_uses_a_differentiable_graph(isa):
     v, g = inputs((4, 6), 0)
     grad_v, grad_g = torch.autograd.grad(fastwn.weight_norm(v, g, 0).square().sum(), (v, g), create_graph=True)

@@ -43,7 +43,7 @@ if not HAS_EXTENSION:
         raise ImportError(f"{_EXTENSION_ERROR} (FASTWN_REQUIRE_EXTENSION=1)")
     warnings.warn(f"{_EXTENSION_ERROR}; fastwn falls back to torch._weight_norm", RuntimeWarning, stacklevel=2)
 else:
-    from . import _ops, functional  # _ops: fake impls and autograd for the operators
+    from . import _ops, functional  # _ops: fake impls and the composite backward
 
     functional._fwd = _ops.fwd.default
 

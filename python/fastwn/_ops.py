@@ -1,4 +1,5 @@
-"""The fastwn operators: fake (meta) implementations and autograd, next to each other.
+"""The fastwn operators' Python parts: fake (meta) implementations and the
+differentiable backward that C++ autograd calls for double backward.
 
 The C++ glue checks real tensors; _check_args repeats the checks that fake tensors
 (torch.compile, export, opcheck) need, so tracing fails with the same messages.
@@ -46,25 +47,14 @@ def _bwd_fake(grad_w, v, g, norm, dim, eps=0.0):
     return _dense_like(v), torch.empty(g.shape, dtype=g.dtype, device=g.device)
 
 
-def _setup_context(ctx, inputs, output):
-    v, g, dim, eps = inputs
-    _, norm = output
-    ctx.save_for_backward(v, g, norm)
-    ctx.dim, ctx.eps = dim, eps
-    ctx.mark_non_differentiable(norm)
+# Autograd is C++ (csrc/autograd.cpp); its create_graph and grad_g-only paths call this
+# op, whose implementation is the differentiable formula: autograd sees through it.
+_lib = torch.library.Library("fastwn", "FRAGMENT")  # kept alive: it owns the registration
 
 
-def _backward(ctx, grad_w, _grad_norm):
-    v, g, norm = ctx.saved_tensors
-    need_v, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if grad_w is None or not (need_v or need_g):
-        return None, None, None, None
-    if torch.is_grad_enabled() or not need_v:
-        # create_graph=True needs a differentiable graph; grad_g alone needs no grad_v pass.
-        grad_v, grad_g = _composite.backward(grad_w, v, g, ctx.dim, ctx.eps, need_v=need_v)
-    else:
-        grad_v, grad_g = bwd(grad_w, v, g, norm, ctx.dim, ctx.eps)
-    return grad_v, grad_g if need_g else None, None, None
+def _bwd_composite(grad_w, v, g, dim, eps, need_v):
+    grad_v, grad_g = _composite.backward(grad_w, v, g, dim, eps, need_v=need_v)
+    return [grad_v, grad_g] if need_v else [grad_g]
 
 
-torch.library.register_autograd("fastwn::weight_norm_fwd", _backward, setup_context=_setup_context)
+_lib.impl("weight_norm_bwd_composite", _bwd_composite, "CompositeImplicitAutograd")

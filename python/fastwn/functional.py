@@ -10,12 +10,6 @@ from . import _composite
 _fwd = None
 
 
-def _no_autograd_needed(v: torch.Tensor, g: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return not (torch.is_grad_enabled() and (v.requires_grad or g.requires_grad))
-
-
 def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: float = 0.0) -> torch.Tensor:
     """Returns w = g * v / max(||v||, eps), the norm taken over every axis of v except ``dim``.
 
@@ -26,12 +20,6 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
     """
     d = _composite.WHOLE if dim is None else int(dim)
     if _fwd is not None:
-        if _no_autograd_needed(v, g):
-            # The autograd layer register_autograd installs is Python and costs several
-            # microseconds per call even when it only redispatches; skip it where it
-            # provably has nothing to do (eager, no grad, no functorch transform).
-            with torch._C._AutoDispatchBelowAutograd():
-                return _fwd(v, g, d, float(eps))[0]
         return _fwd(v, g, d, float(eps))[0]
     if eps == 0.0 and d != _composite.WHOLE and v.dim() > 0:
         return torch._weight_norm(v, g.reshape(_composite.broadcast_shape(v, d)), d)
