@@ -254,7 +254,7 @@ def _main_models(args, argv) -> int:
         devices = [d for d in devices if d != "cuda"]
     rows = []
     for device in devices:
-        rows += bench_models.run(device, min(args.reps, 10), not args.no_compile)
+        rows += bench_models.run(device, args.reps, not args.no_compile)
     print(bench_models.format_table(rows))
     _write(args, argv, rows, bench_models.plot)
     return 0

@@ -8,15 +8,15 @@ running sum of the profiler's allocation events, on a GPU torch.cuda's peak allo
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as torch_wn
 
 import fastwn
+
+from .bench import _median_times
 
 
 class HifiGanGenerator(nn.Module):
@@ -89,19 +89,6 @@ def peak_mib(fn, device: str) -> float:
     return peak / 2**20
 
 
-def _time(fn, device: str, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _variants(name: str, device: str, with_compile: bool):
     make, _ = MODELS[name]
     torch.manual_seed(0)
@@ -113,35 +100,45 @@ def _variants(name: str, device: str, with_compile: bool):
     return variants
 
 
+def _steps(model: nn.Module, x: torch.Tensor) -> dict:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+
+    return {"train": train, "infer": infer}
+
+
 def bench_model(name: str, device: str, reps: int, with_compile: bool, progress) -> list[dict]:
     _, data = MODELS[name]
     x = data(device)
-    rows = []
+    rows, steps = {}, {}
     for impl, model in _variants(name, device, with_compile).items():
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-
-        def train_step():
-            opt.zero_grad(set_to_none=True)
-            model(x).square().mean().backward()
-            opt.step()
-
-        def infer():
-            with torch.no_grad():
-                model(x)
-
-        row = {"model": name, "impl": impl, "device": device}
+        rows[impl] = row = {"model": name, "impl": impl, "device": device}
         try:
-            for kind, fn in (("train", train_step), ("infer", infer)):
+            fns = _steps(model, x)
+            for kind, fn in fns.items():
                 for _ in range(2):
                     fn()  # warm-up (compilation, allocator)
                 row[f"{kind}_peak_mib"] = peak_mib(fn, device)
-                row[f"{kind}_ms"] = 1e3 * _time(fn, device, reps)
-                progress(f"{name} {impl} {kind}")
+            steps[impl] = fns
         except Exception as e:  # torch.compile of some models fails on some builds: say so, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            progress(f"{name} {impl} failed")
-        rows.append(row)
-    return rows
+        progress(f"{name} {impl} " + ("failed" if "error" in row else "ready"))
+    for kind in ("train", "infer"):
+        # Round-robin, as for the op: the shared VM's speed drifts by tens of percent over
+        # seconds, so implementations timed in phases of their own would see different machines.
+        timed = _median_times({impl: fns[kind] for impl, fns in steps.items()}, device, reps, budget_s=60.0)
+        for impl, t in timed.items():
+            rows[impl][f"{kind}_ms"] = 1e3 * t
+        progress(f"{name} {kind} timed")
+    return list(rows.values())
 
 
 def format_table(rows: list[dict]) -> str:
@@ -186,7 +183,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def run(device: str, reps: int, with_compile: bool) -> list[dict]:
-    total = len(MODELS) * (3 if with_compile else 2) * 2
+    total = len(MODELS) * ((3 if with_compile else 2) + 2)
     done = [0]
 
     def progress(what):
