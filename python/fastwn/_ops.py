@@ -11,7 +11,6 @@ import torch
 from . import _composite
 
 fwd = torch.ops.fastwn.weight_norm_fwd
-bwd = torch.ops.fastwn.weight_norm_bwd.default  # an OpOverload: no per-call overload resolution
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
