@@ -23,6 +23,10 @@ struct Shape3 {
 // norm is float64 for float64 inputs and float32 otherwise (also for bf16/fp16);
 // v, g, w, grad_w, grad_v, grad_g are all in `dtype`. eps clamps the norm from below
 // (0 = no clamp, PyTorch's exact behaviour on zero slices).
+//
+// bf16/fp16: g is divided by the norm rounded to `dtype` (where that is finite), the
+// value g holds when a layer is wrapped (g = ||v|| as stored), so wrapping scales v by
+// exactly 1 and never changes a weight. The returned norm is not rounded.
 struct FwdParams {
   Shape3 shape;
   DType dtype;
@@ -31,6 +35,10 @@ struct FwdParams {
   void* w;
   void* norm;
   double eps;
+  // bf16/fp16 only: also round the scale g / norm to `dtype` before multiplying, as
+  // torch._weight_norm's composite path does (whole-tensor and middle dims), so those
+  // results are PyTorch's bit for bit. The glue decides (weight_norm_glue.cpp).
+  bool round_scale = false;
   // CPU: write w with non-temporal stores (no read-for-ownership of each line). The
   // glue decides when that pays: see csrc/cpu/weight_norm.cpp.
   bool stream_output = false;

@@ -4,6 +4,8 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -90,7 +92,18 @@ int64_t check_common(const at::Tensor& v, const at::Tensor& g, int64_t dim, doub
                                       : " elements (v.size(dim))",
                     ", got g of shape ", g.sizes());
   TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "fastwn.weight_norm: eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(v.scalar_type() == at::kDouble || eps <= std::numeric_limits<float>::max(),
+                    "fastwn.weight_norm: eps must fit in float32 (the norm's dtype for ", v.scalar_type(), "), got ",
+                    eps);
   return d;
+}
+
+// torch._weight_norm computes bf16/fp16 weights with its composite formula, scale
+// rounded to the dtype, unless dim (as the caller passed it: -2 is not 0 there) is the
+// first or last axis; kernels.h says what round_scale does.
+bool torch_rounds_scale(const at::Tensor& v, int64_t dim) {
+  const bool half = v.scalar_type() == at::kBFloat16 || v.scalar_type() == at::kHalf;
+  return half && dim != 0 && dim != v.dim() - 1;
 }
 
 }  // namespace
@@ -105,6 +118,7 @@ FwdCall prepare_forward(const at::Tensor& v_in, const at::Tensor& g_in, int64_t 
   c.params = FwdParams{problem_shape(c.v, d), to_dtype(v_in.scalar_type(), "v"),
                        c.v.const_data_ptr(), c.g.const_data_ptr(), c.w.mutable_data_ptr(),
                        c.norm.mutable_data_ptr(), eps};
+  c.params.round_scale = torch_rounds_scale(v_in, dim);
   return c;
 }
 

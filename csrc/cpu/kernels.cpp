@@ -49,6 +49,18 @@ inline void st_out(const V& v, T* p, int64_t n, bool stream) {
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// The divisor of g: max(norm, eps), the norm first rounded to T for bf16/fp16 (see
+// kernels.h: so that g = ||v|| as stored scales v by exactly 1). A norm beyond T's range
+// is used unrounded.
+template <class T, class A>
+A divisor(A n, A eps) {
+  if constexpr (!std::is_same_v<T, A>) {
+    const A rounded = to_acc(from_acc<T>(n));
+    if (std::isfinite(rounded)) n = rounded;
+  }
+  return std::max(n, eps);  // std::max(NaN, eps) is NaN: a NaN norm stays NaN
+}
+
 // An op says what one vector chunk of elements [i, i + c) contributes and writes; the
 // driver below owns every loop:
 //   acc(a, i, c)                   a + the chunk's reduction terms
@@ -71,6 +83,7 @@ struct FwdOp {
   A* norm;
   A eps;
   A* scale;  // workspace [D]
+  bool round_scale;  // kernels.h: PyTorch's composite rounding for bf16/fp16
   bool stream;  // non-temporal stores for w
 
   V acc(V a, int64_t i, int64_t c) const {
@@ -80,7 +93,8 @@ struct FwdOp {
   void finish(int64_t d, A sumsq) const {
     const A n = std::sqrt(sumsq);
     norm[d] = n;
-    scale[d] = to_acc(g[d]) / std::max(n, eps);  // max keeps NaN norms NaN
+    const A s = to_acc(g[d]) / divisor<T>(n, eps);
+    scale[d] = round_scale ? to_acc(from_acc<T>(s)) : s;
   }
   Coef coef(int64_t d) const { return {V::set1(scale[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(scale + d0, c)}; }
@@ -109,7 +123,7 @@ struct BwdOp {
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   void finish(int64_t d, A dot) const {
     const A n = norm[d];
-    const A n_eff = std::max(n, eps);
+    const A n_eff = divisor<T>(n, eps);
     const A a = to_acc(g[d]) / n_eff;
     gg[d] = from_acc<T>(dot / n_eff);
     coef_a[d] = a;
@@ -301,7 +315,7 @@ void forward_t(const FwdParams& p, ParallelFor par) {
   std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
   const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
                     static_cast<A*>(p.norm), A(p.eps), scale.get(),
-                    p.stream_output};
+                    p.round_scale,                  p.stream_output};
   run(op, p.shape, sizeof(T), par);
 }
 

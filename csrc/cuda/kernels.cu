@@ -44,6 +44,18 @@ template <> __device__ __forceinline__ double from_acc<double>(double a) { retur
 template <> __device__ __forceinline__ half from_acc<half>(float a) { return __float2half_rn(a); }
 template <> __device__ __forceinline__ bf16 from_acc<bf16>(float a) { return __float2bfloat16_rn(a); }
 
+// The divisor of g: max(norm, eps), the norm first rounded to T for bf16/fp16 (see
+// csrc/kernels.h: g = ||v|| as stored then scales v by exactly 1). A norm beyond T's
+// range is used unrounded; a NaN norm stays NaN (unlike fmax).
+template <class T, class A>
+__device__ __forceinline__ A divisor(A n, A eps) {
+  if constexpr (!std::is_same_v<T, A>) {
+    const A rounded = to_acc(from_acc<T>(n));
+    if (isfinite(rounded)) n = rounded;
+  }
+  return n < eps ? eps : n;
+}
+
 // N consecutive elements moved as one access (16 bytes when N = 16 / sizeof(T)); the
 // launcher only picks N > 1 when every pointer and run start is 16-byte aligned.
 template <class T, int N>
@@ -78,6 +90,7 @@ struct FwdOp {
   T* __restrict__ w;
   A* __restrict__ norm;
   A eps;
+  bool round_scale;  // csrc/kernels.h: PyTorch's composite rounding for bf16/fp16
 
   template <int N> __device__ __forceinline__ void load(int64_t i, In (&x)[N]) const {
     T t[N];
@@ -89,7 +102,8 @@ struct FwdOp {
   __device__ __forceinline__ Coef finish(int64_t d, A sumsq, bool write) const {
     const A n = sqrt(sumsq);
     if (write) norm[d] = n;
-    return {to_acc(g[d]) / (n < eps ? eps : n)};  // keeps a NaN norm NaN, unlike fmax
+    const A scale = to_acc(g[d]) / divisor<T>(n, eps);
+    return {round_scale ? to_acc(from_acc<T>(scale)) : scale};
   }
   template <int N> __device__ __forceinline__ void store(int64_t i, const In (&x)[N], const Coef (&k)[N]) const {
     T t[N];
@@ -125,7 +139,7 @@ struct BwdOp {
   __device__ __forceinline__ static A term(const In& x) { return x.gw * x.v; }
   __device__ __forceinline__ Coef finish(int64_t d, A dot, bool write) const {
     const A n = norm[d];
-    const A n_eff = n < eps ? eps : n;
+    const A n_eff = divisor<T>(n, eps);
     const A a = to_acc(g[d]) / n_eff;
     if (write) gg[d] = from_acc<T>(dot / n_eff);
     return {a, n >= eps ? -a * (dot / n) / n : A(0)};  // a (dot/n)/n: no overflow of n^3
@@ -432,7 +446,7 @@ cudaError_t run(const Op& op, const Shape3& s, void* workspace, int sms, cudaStr
 template <class T>
 FwdOp<T> op_for(const FwdParams& p) {
   return {static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
-          static_cast<acc_t<T>*>(p.norm), acc_t<T>(p.eps)};
+          static_cast<acc_t<T>*>(p.norm), acc_t<T>(p.eps), p.round_scale};
 }
 template <class T>
 BwdOp<T> op_for(const BwdParams& p) {

@@ -42,18 +42,38 @@ def norm(v: torch.Tensor, dim: int) -> torch.Tensor:
     return va.pow(2).sum(axes, keepdim=True).sqrt()
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def divisor(n: torch.Tensor, dtype: torch.dtype, eps: float) -> torch.Tensor:
+    """max(n, eps), n first rounded to bf16/fp16 v's dtype where that is finite: g = ||v||
+    as stored then scales v by exactly 1 (csrc/kernels.h says the same for the kernels)."""
+    if dtype in _HALF:
+        rounded = n.to(dtype).to(n.dtype)
+        n = torch.where(rounded.isfinite(), rounded, n)
+    return n.clamp_min(eps)
+
+
+def torch_rounds_scale(v: torch.Tensor, dim: int) -> bool:
+    """Whether torch._weight_norm rounds g / ||v|| to a bf16/fp16 v's dtype (its composite
+    path: the whole tensor or a middle dim, as passed; the C++ glue decides the same)."""
+    return v.dtype in _HALF and dim != 0 and dim != v.dim() - 1
+
+
 def forward(v: torch.Tensor, g: torch.Tensor, dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     n = norm(v, dim)
     gb = g.reshape(broadcast_shape(v, dim)).to(n.dtype)
-    w = v.to(n.dtype) * (gb / n.clamp_min(eps))
-    return w.to(v.dtype), n.reshape(g.shape)
+    scale = gb / divisor(n, v.dtype, eps)
+    if torch_rounds_scale(v, dim):
+        scale = scale.to(v.dtype).to(n.dtype)
+    return (v.to(n.dtype) * scale).to(v.dtype), n.reshape(g.shape)
 
 
 def backward(grad_w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, dim: int, eps: float,
              need_v: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(grad_v, grad_g), differentiable in grad_w, v and g."""
     n = norm(v, dim)
-    n_eff = n.clamp_min(eps)
+    n_eff = divisor(n, v.dtype, eps)
     va, ga = v.to(n.dtype), grad_w.to(n.dtype)
     axes = reduce_axes(v, dim)
     dot = (ga * va).sum(axes, keepdim=True) if axes else ga * va

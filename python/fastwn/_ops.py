@@ -7,6 +7,7 @@ The C++ glue checks real tensors; _check_args repeats the checks that fake tenso
 from __future__ import annotations
 
 import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false
 
 from . import _composite
 
@@ -15,7 +16,10 @@ fwd = torch.ops.fastwn.weight_norm_fwd
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _check_args(v: torch.Tensor, g: torch.Tensor, dim: int) -> None:
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_args(v: torch.Tensor, g: torch.Tensor, dim: int, eps: float) -> None:
     torch._check_type(v.dtype in _FLOAT_DTYPES,
                       lambda: f"fastwn.weight_norm: v must be float32, float64, bfloat16 or float16, got {v.dtype}")
     torch._check(g.device == v.device, lambda: f"fastwn.weight_norm: g is on {g.device} but v is on {v.device}")
@@ -26,24 +30,43 @@ def _check_args(v: torch.Tensor, g: torch.Tensor, dim: int) -> None:
     expected = 1 if dim == _composite.WHOLE else v.size(dim)
     torch._check_value(g.numel() == expected,
                        lambda: f"fastwn.weight_norm: g must have {expected} elements, got g of shape {tuple(g.shape)}")
+    torch._check_value(0 <= eps < float("inf"), lambda: f"fastwn.weight_norm: eps must be finite and >= 0, got {eps}")
+    torch._check_value(v.dtype == torch.float64 or eps <= _FLOAT32_MAX,
+                       lambda: f"fastwn.weight_norm: eps must fit in float32 (the norm's dtype for {v.dtype}), got {eps}")
 
 
-def _dense_like(v: torch.Tensor) -> torch.Tensor:
-    # Mirrors the glue: outputs take v's layout (at::empty_like preserves dense layouts).
-    return torch.empty_like(v)
+def _check_backward_args(grad_w, v, g, norm, dim, eps) -> None:
+    _check_args(v, g, dim, eps)
+    for name, t in (("grad_w", grad_w), ("norm", norm)):
+        torch._check(t.device == v.device, lambda: f"fastwn.weight_norm: {name} is on {t.device} but v is on {v.device}")
+    torch._check_value(grad_w.shape == v.shape, lambda: f"fastwn.weight_norm backward: grad_w must have v's shape "
+                                                        f"{tuple(v.shape)}, got {tuple(grad_w.shape)}")
+    torch._check_type(grad_w.dtype == v.dtype,
+                      lambda: f"fastwn.weight_norm backward: grad_w must have v's dtype {v.dtype}, got {grad_w.dtype}")
+    nt = _composite.acc_dtype(v.dtype)
+    torch._check_type(norm.dtype == nt, lambda: f"fastwn.weight_norm backward: norm must be {nt} for v of dtype "
+                                                f"{v.dtype}, got {norm.dtype}")
+    torch._check_value(norm.numel() == g.numel(), lambda: f"fastwn.weight_norm backward: norm must have g's "
+                                                          f"{g.numel()} elements, got {norm.numel()}")
+
+
+def _like_v(v: torch.Tensor) -> torch.Tensor:
+    """An output laid out as the glue lays it out: in a dense v's own memory order (so
+    channels_last and transposed weights stay so), contiguous for any other view, which
+    the glue copies to a contiguous tensor before the kernel runs."""
+    return torch.empty_like(v if is_non_overlapping_and_dense_or_false(v) else v.contiguous())
 
 
 @torch.library.register_fake("fastwn::weight_norm_fwd")
 def _fwd_fake(v, g, dim, eps=0.0):
-    _check_args(v, g, dim)
-    return _dense_like(v), g.new_empty(g.shape, dtype=_composite.acc_dtype(v.dtype)).contiguous()
+    _check_args(v, g, dim, eps)
+    return _like_v(v), torch.empty(g.shape, dtype=_composite.acc_dtype(v.dtype), device=v.device)
 
 
 @torch.library.register_fake("fastwn::weight_norm_bwd")
 def _bwd_fake(grad_w, v, g, norm, dim, eps=0.0):
-    _check_args(v, g, dim)
-    torch._check_value(grad_w.shape == v.shape, lambda: "fastwn.weight_norm backward: grad_w must have v's shape")
-    return _dense_like(v), torch.empty(g.shape, dtype=g.dtype, device=g.device)
+    _check_backward_args(grad_w, v, g, norm, dim, eps)
+    return _like_v(v), torch.empty(g.shape, dtype=g.dtype, device=g.device)
 
 
 # Autograd is C++ (csrc/autograd.cpp); its create_graph and grad_g-only paths call this

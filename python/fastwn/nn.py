@@ -2,32 +2,40 @@
 
 ``weight_norm(module)`` keeps PyTorch's state_dict layout (``parametrizations.<name>.original0``
 is g, ``original1`` is v) and loads checkpoints with the legacy ``<name>_g``/``<name>_v``
-keys. Unlike torch's parametrizations, a module wrapped here can be pickled and saved
-whole with ``torch.save``. ``convert`` swaps any weight norm in a model (PyTorch's
-parametrization, its legacy hook, or fastwn's) for fastwn's; ``fold`` bakes the weights
-in for inference.
+keys. PyTorch's own helpers (``parametrize.is_parametrized``, ``remove_parametrizations``,
+``type_before_parametrizations``, ``cached``) work on the modules it wraps, with their
+PyTorch meaning. Unlike torch's parametrizations, a module wrapped here can be pickled
+and saved whole with ``torch.save``. ``convert`` swaps any weight norm in a model
+(PyTorch's parametrization, its legacy hook, or fastwn's) for fastwn's; ``fold`` bakes the
+weights in for inference.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm as _TorchLegacyWeightNorm  # the legacy hook's class
 
+from . import functional
 from .functional import weight_norm as _weight_norm_fn
 
-__all__ = ["WeightNorm", "weight_norm", "remove_weight_norm", "convert", "fold", "is_weight_normalized",
+__all__ = ["WeightNorm", "AlreadyWeightNormalizedError", "weight_norm", "remove_weight_norm", "convert", "fold", "is_weight_normalized",
            "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
            "MeanOnlyBatchNorm1d", "MeanOnlyBatchNorm2d", "MeanOnlyBatchNorm3d"]
 
-_SPECS = "_fastwn_weight_norms"  # instance attribute: {name: _Spec}
+_LEGACY_SPECS = "_fastwn_legacy_weight_norms"  # instance attribute: {name: _Spec} for the <name>_g/_v layout
 
 
 class WeightNorm(nn.Module):
-    """g (``original0``) and v (``original1``) of one weight; calling it returns w."""
+    """g (``original0``) and v (``original1``) of one weight; calling it returns w.
+
+    It sits where PyTorch keeps a ``ParametrizationList`` (``module.parametrizations[name]``)
+    and answers what PyTorch's helpers ask of one: it holds several tensors, not one."""
+
+    is_tensor = False
+    ntensors = 2
 
     def __init__(self, g: nn.Parameter, v: nn.Parameter, dim: int, eps: float = 0.0):
         super().__init__()
@@ -63,8 +71,15 @@ class _Spec:
         return _weight_norm_fn(v, g, self.dim, self.eps)
 
 
-def _specs(module: nn.Module) -> dict:
-    return module.__dict__.get(_SPECS, {})
+def _specs(module: nn.Module) -> dict[str, _Spec]:
+    """Every fastwn weight norm on the module, read off its structure, so that PyTorch's
+    remove_parametrizations (which knows nothing of fastwn) leaves nothing stale."""
+    specs = {}
+    container = module._modules.get("parametrizations")
+    if isinstance(container, nn.ModuleDict):
+        specs = {n: _Spec(n, c.dim, c.eps, legacy=False) for n, c in container.items() if isinstance(c, WeightNorm)}
+    specs.update(module.__dict__.get(_LEGACY_SPECS, {}))
+    return specs
 
 
 def is_weight_normalized(module: nn.Module, name: str = "weight") -> bool:
@@ -73,35 +88,51 @@ def is_weight_normalized(module: nn.Module, name: str = "weight") -> bool:
 
 
 def _rebuild(base: type, names: tuple) -> nn.Module:
-    # Pickle/deepcopy entry point: an empty instance of the generated class; pickle
+    # Pickle/deepcopy entry point: an empty instance of a new generated class; pickle
     # then restores its __dict__ with nn.Module.__setstate__.
     return object.__new__(_wn_class(base, names))
 
 
-@functools.lru_cache(maxsize=None)
+def _compute(module: nn.Module, name: str) -> torch.Tensor:
+    container = module._modules.get("parametrizations")
+    if container is not None and name in container._modules:
+        return container._modules[name]()
+    return module.__dict__[_LEGACY_SPECS][name].weight(module)
+
+
 def _wn_class(base: type, names: tuple) -> type:
-    """A subclass of `base` where each of `names` is a property computing w from g and v."""
+    """A new subclass of `base` where each of `names` is a property computing w from g
+    and v. Like PyTorch's parametrizations, every module gets a class of its own:
+    remove_parametrizations deletes the property from the module's class."""
 
     def make_property(name):
         def fget(self):
-            return _specs(self)[name].weight(self)
+            if parametrize._cache_enabled:  # inside parametrize.cached(): one w per module and name
+                key = (id(self), name)
+                w = parametrize._cache.get(key)
+                if w is None:
+                    w = parametrize._cache[key] = _compute(self, name)
+                return w
+            return _compute(self, name)
 
         def fset(self, value):  # like torch's parametrizations: re-derive g and v from w
             spec = _specs(self)[name]
             g, v = spec.gv(self)
             with torch.no_grad():
                 v.copy_(value)
-                g.copy_(torch.norm_except_dim(v, 2, spec.dim).reshape(g.shape))
+                g.copy_(functional.stored_norm(v, spec.dim).reshape(g.shape))
+            _refresh_rnn(self)
 
         return property(fget, fset, doc=f"{name} = g * v / ||v||, from fastwn's fused operators")
 
     def __setattr__(self, key, value):
-        if key in names:  # a Parameter would otherwise be registered next to the property
+        # A Parameter would otherwise be registered next to the property.
+        if isinstance(type(self).__dict__.get(key), property) and key in _specs(self):
             return type(self).__dict__[key].fset(self, value)
         return base.__setattr__(self, key, value)
 
     def __reduce_ex__(self, protocol):
-        return _rebuild, (base, names), self.__getstate__()
+        return _rebuild, (base, tuple(_specs(self))), self.__getstate__()
 
     attrs = {name: make_property(name) for name in names}
     attrs.update(__setattr__=__setattr__, __reduce_ex__=__reduce_ex__, __module__=base.__module__,
@@ -114,28 +145,57 @@ def _base_class(module: nn.Module) -> type:
     return type(module).__dict__.get("_fastwn_base", type(module))
 
 
-def _set_class(module: nn.Module, names: tuple) -> None:
+class AlreadyWeightNormalizedError(RuntimeError, KeyError):
+    """Weight norm registered twice on one parameter. A RuntimeError, as PyTorch's legacy
+    weight_norm raises for that; also a KeyError, what PyTorch raises when its legacy API
+    meets a weight held by a parametrization."""
+
+    __str__ = RuntimeError.__str__  # KeyError's would quote the message
+
+
+class _Parameters(dict):
+    """A fastwn module's _parameters. PyTorch's legacy torch.nn.utils.weight_norm takes a
+    weight out with `del module._parameters[name]`; for a weight fastwn normalises that
+    raises AlreadyWeightNormalizedError, not a bare KeyError."""
+
+    def __delitem__(self, key):
+        if key not in self and key in getattr(self, "weight_normalized", ()):
+            raise AlreadyWeightNormalizedError(_already_message(key))
+        super().__delitem__(key)
+
+
+def _set_class(module: nn.Module) -> None:
+    names = tuple(_specs(module))
     base = _base_class(module)
     module.__class__ = _wn_class(base, names) if names else base
+    params = module.__dict__["_parameters"]
+    if names and type(params) is not _Parameters:
+        params = module.__dict__["_parameters"] = _Parameters(params)
+    if type(params) is _Parameters:
+        params.weight_normalized = frozenset(names)
+
+
+def _refresh_rnn(module: nn.Module) -> None:
+    """RNNs keep their weights in a list (_flat_weights) that their own __setattr__ and
+    _init_flat_weights maintain; re-read it after a weight changed form."""
+    init = getattr(module, "_init_flat_weights", None)
+    if callable(init) and hasattr(module, "_flat_weights_names"):
+        init()
 
 
 class _LoadKeys:
     """load_state_dict pre-hook: accepts g/v under either layout (PyTorch's
-    parametrizations.<name>.original0/1 or the legacy <name>_g/<name>_v)."""
-
-    def __init__(self, name: str):
-        self.name = name
+    parametrizations.<name>.original0/1 or the legacy <name>_g/<name>_v) for every
+    fastwn weight norm the module has when it loads."""
 
     def __call__(self, module, state_dict, prefix, *args):
-        spec = _specs(module).get(self.name)
-        if spec is None:
-            return
-        legacy = (f"{prefix}{self.name}_g", f"{prefix}{self.name}_v")
-        modern = (f"{prefix}parametrizations.{self.name}.original0", f"{prefix}parametrizations.{self.name}.original1")
-        src, dst = (modern, legacy) if spec.legacy else (legacy, modern)
-        if all(k in state_dict for k in src):
-            for s, d in zip(src, dst):
-                state_dict[d] = state_dict.pop(s)
+        for name, spec in _specs(module).items():
+            legacy = (f"{prefix}{name}_g", f"{prefix}{name}_v")
+            modern = (f"{prefix}parametrizations.{name}.original0", f"{prefix}parametrizations.{name}.original1")
+            src, dst = (modern, legacy) if spec.legacy else (legacy, modern)
+            if all(k in state_dict for k in src):
+                for s, d in zip(src, dst):
+                    state_dict[d] = state_dict.pop(s)
 
 
 def _attach(module: nn.Module, name: str, g: nn.Parameter, v: nn.Parameter, dim: int, eps: float,
@@ -143,15 +203,16 @@ def _attach(module: nn.Module, name: str, g: nn.Parameter, v: nn.Parameter, dim:
     if legacy:
         module.register_parameter(name + "_g", g)
         module.register_parameter(name + "_v", v)
+        module.__dict__[_LEGACY_SPECS] = {**module.__dict__.get(_LEGACY_SPECS, {}),
+                                          name: _Spec(name, dim, eps, legacy=True)}
     else:
         if "parametrizations" not in module._modules:
             module.parametrizations = nn.ModuleDict()
         module.parametrizations[name] = WeightNorm(g, v, dim, eps)
-    specs = dict(_specs(module))
-    specs[name] = _Spec(name, dim, eps, legacy)
-    module.__dict__[_SPECS] = specs
-    _set_class(module, tuple(specs))
-    module._register_load_state_dict_pre_hook(_LoadKeys(name), with_module=True)
+    _set_class(module)
+    if not any(isinstance(getattr(h, "hook", h), _LoadKeys) for h in module._load_state_dict_pre_hooks.values()):
+        module._register_load_state_dict_pre_hook(_LoadKeys(), with_module=True)
+    _refresh_rnn(module)
     return module
 
 
@@ -159,26 +220,43 @@ def _torch_dim(dim: int | None) -> int:
     return -1 if dim is None else dim
 
 
+def _already_message(name: str) -> str:
+    # PyTorch's legacy weight_norm's words for a second registration, and what to do.
+    return (f"Cannot register two weight_norm hooks on the same parameter {name}: it is already "
+            "weight-normalised (fastwn.nn.convert turns PyTorch's weight norm into fastwn's; "
+            "fastwn.nn.remove_weight_norm takes one off)")
+
+
 def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0, eps: float = 0.0) -> nn.Module:
     """Weight-normalises ``module.<name>`` in place with the fused kernels: w = g v / ||v||.
 
     Same rules as ``torch.nn.utils.parametrizations.weight_norm``: the norm is over every
     axis but ``dim`` (None or -1: the whole tensor; for ConvTranspose weights dim=0 is
-    the input-channel axis); g starts as ||w|| and v as w, so the output is unchanged.
+    the input-channel axis); g starts as ||v|| as the kernels compute it and v as w, so
+    the layer's weight comes back bit for bit and its output is unchanged.
     """
     if is_weight_normalized(module, name) or _torch_weight_norm_kind(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already weight-normalised; use fastwn.nn.convert")
+        raise AlreadyWeightNormalizedError(_already_message(name))
     weight = module._parameters.get(name)
     if not isinstance(weight, nn.Parameter):
         raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
-    d = _torch_dim(dim)
-    if d != -1 and not -weight.dim() <= d < weight.dim():
-        raise IndexError(f"dim must be None, -1 or in [{-weight.dim()}, {weight.dim()}), got {dim}")
+    d = functional.check_dim(dim, weight.dim())
     with torch.no_grad():
-        g = nn.Parameter(torch.norm_except_dim(weight, 2, d).clone(), requires_grad=weight.requires_grad)
+        g = nn.Parameter(functional.stored_norm(weight, d), requires_grad=weight.requires_grad)
         v = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
-    del module._parameters[name]
+    delattr(module, name)
     return _attach(module, name, g, v, d, eps, legacy=False)
+
+
+def _is_torch_compat_hook(hook) -> bool:
+    """PyTorch's parametrizations.weight_norm registers a local function as a
+    load_state_dict pre-hook (legacy key support): it cannot be pickled."""
+    return getattr(getattr(hook, "hook", hook), "__name__", "") == "_weight_norm_compat_hook"
+
+
+def _drop_torch_compat_hooks(module: nn.Module) -> None:
+    for key in [k for k, h in module._load_state_dict_pre_hooks.items() if _is_torch_compat_hook(h)]:
+        del module._load_state_dict_pre_hooks[key]
 
 
 def _torch_weight_norm_kind(module: nn.Module, name: str):
@@ -197,7 +275,7 @@ def _torch_weight_norm_kind(module: nn.Module, name: str):
 def _weight_norm_names(module: nn.Module) -> list[tuple[str, str]]:
     """(name, kind) of every weight norm on the module itself, of any of the three kinds."""
     found = [(n, "fastwn") for n in _specs(module)]
-    if parametrize.is_parametrized(module) and not _specs(module):
+    if parametrize.is_parametrized(module):
         found += [(n, "parametrization") for n in module.parametrizations
                   if _torch_weight_norm_kind(module, n) == "parametrization"]
     found += [(h.name, "legacy") for h in module._forward_pre_hooks.values()
@@ -212,6 +290,8 @@ def remove_weight_norm(module: nn.Module, name: str = "weight") -> nn.Module:
     kind = kinds.get(name)
     if kind == "parametrization":
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        if not any(k == "parametrization" for _, k in _weight_norm_names(module)):
+            _drop_torch_compat_hooks(module)
     elif kind == "legacy":
         torch.nn.utils.remove_weight_norm(module, name)
     elif kind == "fastwn":
@@ -221,14 +301,13 @@ def remove_weight_norm(module: nn.Module, name: str = "weight") -> nn.Module:
             w = spec.weight(module).detach().clone()
         if spec.legacy:
             del module._parameters[name + "_g"], module._parameters[name + "_v"]
+            module.__dict__[_LEGACY_SPECS] = {k: s for k, s in module.__dict__[_LEGACY_SPECS].items() if k != name}
         else:
             del module.parametrizations[name]
             if len(module.parametrizations) == 0:
                 del module.parametrizations
-        specs = {k: s for k, s in _specs(module).items() if k != name}
-        module.__dict__[_SPECS] = specs
-        _set_class(module, tuple(specs))
-        module.register_parameter(name, nn.Parameter(w, requires_grad=v.requires_grad))
+        _set_class(module)
+        setattr(module, name, nn.Parameter(w, requires_grad=v.requires_grad))  # RNNs track weights in __setattr__
     else:
         raise ValueError(f"{type(module).__name__}.{name} is not weight-normalised")
     return module
@@ -253,6 +332,7 @@ def _take_torch_weight_norms(module: nn.Module) -> list[tuple[str, nn.Parameter,
         for n in names:
             parametrize.remove_parametrizations(module, n, leave_parametrized=True)
             del module._parameters[n]
+    _drop_torch_compat_hooks(module)
     return taken
 
 

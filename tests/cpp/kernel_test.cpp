@@ -88,10 +88,11 @@ void check(cpu::Isa isa, DType t, Shape3 s, bool odd) {
   Buffer w[2] = {Buffer(n, t, odd), Buffer(n, t, odd)}, gv[2] = {Buffer(n, t, odd), Buffer(n, t, odd)};
   Buffer norm[2] = {Buffer(D, nt, false), Buffer(D, nt, false)}, gg[2] = {Buffer(D, t, false), Buffer(D, t, false)};
   for (int streamed = 0; streamed < 2; ++streamed) {
-    FwdParams fp{s, t, v.ptr(), g.ptr(), w[streamed].ptr(), norm[streamed].ptr(), 0.0, streamed == 1};
+    FwdParams fp{s, t, v.ptr(), g.ptr(), w[streamed].ptr(), norm[streamed].ptr(), 0.0};
+    fp.stream_output = streamed == 1;
     forward(isa, fp);
-    BwdParams bp{s, t, gw.ptr(), v.ptr(), g.ptr(), norm[streamed].ptr(), gv[streamed].ptr(), gg[streamed].ptr(), 0.0,
-                 streamed == 1};
+    BwdParams bp{s, t, gw.ptr(), v.ptr(), g.ptr(), norm[streamed].ptr(), gv[streamed].ptr(), gg[streamed].ptr(), 0.0};
+    bp.stream_output = streamed == 1;
     backward(isa, bp);
   }
   const char* name = cpu::isa_name(isa);
