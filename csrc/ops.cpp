@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <string>
+
 #include "kernels.h"
 
 #ifndef FASTWN_VERSION
@@ -32,7 +35,14 @@ PYBIND11_MODULE(_C, m) {
     info["torch_version"] = FASTWN_TORCH_VERSION;
     info["cuda"] = bool(FASTWN_WITH_CUDA);
     info["cuda_version"] = FASTWN_CUDA_VERSION;
-    info["cuda_archs"] = FASTWN_CUDA_ARCHS;
+    py::list archs;  // CMAKE_CUDA_ARCHITECTURES entries, e.g. "90-real" (machine code), "100" (+ PTX)
+    std::string all = FASTWN_CUDA_ARCHS;
+    for (size_t start = 0; start < all.size();) {
+      const size_t comma = std::min(all.find(',', start), all.size());
+      archs.append(all.substr(start, comma - start));
+      start = comma + 1;
+    }
+    info["cuda_archs"] = archs;
     py::list isas;
     const auto best = fastwn::cpu::best_supported_isa();
     for (auto isa : {fastwn::cpu::Isa::scalar, fastwn::cpu::Isa::avx2, fastwn::cpu::Isa::avx512})

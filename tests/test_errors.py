@@ -43,8 +43,13 @@ def test_v_and_g_on_different_devices():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second real device")
 def test_v_and_g_on_cpu_and_cuda():
-    with pytest.raises(RuntimeError, match="g is on"):
+    with pytest.raises(RuntimeError, match="g is on cpu but v is on cuda"):
         fwd(torch.randn(3, 4, device="cuda"), torch.randn(3), 0, 0.0)
+    # v on the CPU: the dispatcher still picks the CUDA kernel, which must check first.
+    with pytest.raises(RuntimeError, match="g is on cuda:0 but v is on cpu"):
+        fwd(torch.randn(3, 4), torch.randn(3, device="cuda"), 0, 0.0)
+    with pytest.raises(RuntimeError, match="grad_w is on cuda:0 but v is on cpu"):
+        bwd(torch.randn(3, 4, device="cuda"), torch.randn(3, 4), torch.randn(3), torch.ones(3), 0, 0.0)
 
 
 def test_fake_tensors_get_the_same_checks():

@@ -213,3 +213,17 @@ def test_large_outputs(isa, device, dtype, dim, layout):
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, layout, gen, device)
     check_forward_backward(v, g_for(v, dim, gen), dim)
+
+
+# The CUDA schedules by shape (csrc/cuda/plan.h): one block per row (256 < 16-byte packs
+# <= 2048 and D at least the SM count), a warp per row, segments and columns; on the CPU
+# they are ordinary shapes.
+@pytest.mark.parametrize("shape,dim,dtype", [
+    ((512, 2048), 0, torch.float32), ((512, 2047), 0, torch.float32), ((256, 8192), 0, torch.bfloat16),
+    ((300, 24), 0, torch.float16), ((3, 100003), 0, torch.float32), ((4099, 7), 1, torch.float64),
+], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
+def test_gpu_schedules(isa, device, shape, dim, dtype, layout):
+    gen = torch.Generator().manual_seed(11)
+    v = make(shape, dtype, layout, gen, device)
+    check_forward_backward(v, g_for(v, dim, gen), dim)

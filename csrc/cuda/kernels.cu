@@ -20,12 +20,11 @@
 #include <type_traits>
 
 #include "launch.h"
+#include "plan.h"
 
 namespace fastwn::cuda {
 namespace {
 
-constexpr int kBlock = 256;
-constexpr int64_t kMaxRowPacks = 2048;  // 16-byte packs a rows-kernel row may hold (8 per thread)
 
 using bf16 = __nv_bfloat16;
 using half = __half;
@@ -206,16 +205,6 @@ __global__ void __launch_bounds__(kBlock) rows_kernel(Op op, int64_t D, int64_t 
   }
 }
 
-struct Plan {
-  enum Kind { kRows, kSegments, kColumns } kind;
-  int rt, items, vec;            // rows (vec also for segments)
-  int apply_vec;                 // elementwise pass
-  int64_t chunks, pieces;        // two-phase: outer chunks x inner pieces
-  int64_t chunk_rows, piece_len;
-  int64_t K, stride, fold;       // finish: sum partial[k * stride + d * fold + i]
-  int64_t partials() const { return kind == kRows ? 0 : K * stride; }
-};
-
 // Block (d, chunk, piece) reduces v[o, d, i] for o in the chunk, i in the piece.
 template <class Op, int N>
 __global__ void __launch_bounds__(kBlock) segments_kernel(Op op, Shape3 s, Plan pl, typename Op::A* partial) {
@@ -319,56 +308,7 @@ __global__ void __launch_bounds__(kBlock) apply_kernel(Op op, int64_t numel, int
 
 // ---- planning and launching ----
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-template <class Op>
-Plan make_plan(const Shape3& s, bool aligned, int sms) {
-  constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
-  Plan pl{};
-  pl.apply_vec = aligned ? kVec : 1;
-  pl.vec = aligned && s.inner % kVec == 0 ? kVec : 1;
-  const int64_t target_blocks = 4 * int64_t(sms);
-  if (s.numel() == 0) {  // only the finish step runs (norm 0); no partial sums
-    pl.kind = Plan::kRows;
-    return pl;
-  }
-  if (s.outer == 1) {
-    const int64_t packs = ceil_div(s.inner, pl.vec);
-    pl.rt = packs <= 32 * 8 ? 32 : kBlock;
-    pl.items = 1;
-    while (pl.items * pl.rt < packs) pl.items *= 2;
-    const int64_t blocks = ceil_div(s.D, kBlock / pl.rt);
-    // Rows fit in registers and fill the GPU: one pass. Otherwise split the rows.
-    if (packs <= kMaxRowPacks && (blocks >= sms || packs <= 32 * 8)) {
-      pl.kind = Plan::kRows;
-      return pl;
-    }
-  }
-  if (s.outer == 1 || s.inner >= 32) {
-    pl.kind = Plan::kSegments;
-    pl.chunks = std::clamp(ceil_div(target_blocks, s.D), int64_t(1), s.outer);
-    pl.pieces = std::clamp(ceil_div(target_blocks, s.D * pl.chunks), int64_t(1), ceil_div(s.inner, 4 * kBlock));
-    pl.piece_len = ceil_div(ceil_div(s.inner, pl.pieces), pl.vec) * pl.vec;
-    pl.pieces = ceil_div(s.inner, pl.piece_len);
-    pl.chunk_rows = ceil_div(s.outer, pl.chunks);
-    pl.chunks = ceil_div(s.outer, pl.chunk_rows);
-    pl.K = pl.chunks * pl.pieces;
-    pl.stride = s.D;
-    pl.fold = 1;
-    return pl;
-  }
-  pl.kind = Plan::kColumns;
-  const int64_t M = s.D * s.inner, tiles = ceil_div(M, 32);
-  pl.chunks = std::clamp(ceil_div(target_blocks, tiles), int64_t(1), std::min<int64_t>(ceil_div(s.outer, 64), 65535));
-  pl.chunk_rows = ceil_div(s.outer, pl.chunks);
-  pl.chunks = ceil_div(s.outer, pl.chunk_rows);
-  pl.K = pl.chunks;
-  pl.stride = M;
-  pl.fold = s.inner;
-  return pl;
-}
 
 // Workspace: partial sums, then the per-d coefficients at a 16-byte boundary.
 template <class Op>
@@ -401,7 +341,7 @@ void launch_rows_items(const Op& op, const Shape3& s, const Plan& pl, cudaStream
 template <class Op>
 cudaError_t run(const Op& op, const Shape3& s, void* workspace, int sms, cudaStream_t stream, bool aligned) {
   if (s.D == 0) return cudaGetLastError();
-  const Plan pl = make_plan<Op>(s, aligned, sms);
+  const Plan pl = make_plan(s, int(sizeof(typename Op::Elem)), aligned, sms);
   using A = typename Op::A;
   using Coef = typename Op::Coef;
   A* partial = static_cast<A*>(workspace);
@@ -472,7 +412,7 @@ template <class P>
 size_t workspace_for(const P& p, int sms) {
   return with_op(p, [&](auto op) {
     using Op = decltype(op);
-    return workspace_bytes<Op>(p.shape, make_plan<Op>(p.shape, aligned(p), sms));
+    return workspace_bytes<Op>(p.shape, make_plan(p.shape, int(sizeof(typename Op::Elem)), aligned(p), sms));
   });
 }
 

@@ -24,8 +24,10 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 }
 
 std::tuple<at::Tensor, at::Tensor> weight_norm_fwd(const at::Tensor& v, const at::Tensor& g, int64_t dim, double eps) {
-  const c10::cuda::CUDAGuard guard(v.device());
+  // Checks first: with v on the CPU and g on a GPU the dispatcher still lands here, and
+  // the error must name the arguments, not the guard's device type.
   FwdCall c = prepare_forward(v, g, dim, eps);
+  const c10::cuda::CUDAGuard guard(v.device());
   const int sms = sm_count(c.v);
   at::Tensor ws = workspace(forward_workspace_bytes(c.params, sms), c.v);
   C10_CUDA_CHECK(cuda::forward(c.params, ws.data_ptr(), sms, c10::cuda::getCurrentCUDAStream()));
@@ -34,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor> weight_norm_fwd(const at::Tensor& v, const at
 
 std::tuple<at::Tensor, at::Tensor> weight_norm_bwd(const at::Tensor& grad_w, const at::Tensor& v, const at::Tensor& g,
                                                     const at::Tensor& norm, int64_t dim, double eps) {
+  BwdCall c = prepare_backward(grad_w, v, g, norm, dim, eps);  // checks first, as above
   const c10::cuda::CUDAGuard guard(v.device());
-  BwdCall c = prepare_backward(grad_w, v, g, norm, dim, eps);
   const int sms = sm_count(c.v);
   at::Tensor ws = workspace(backward_workspace_bytes(c.params, sms), c.v);
   C10_CUDA_CHECK(cuda::backward(c.params, ws.data_ptr(), sms, c10::cuda::getCurrentCUDAStream()));

@@ -15,15 +15,15 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 import fastwn
+
+from ._timing import median_times
 
 # (shape, dim, label): the issue's shapes, plus a last-axis case for the column path.
 CASES = [
@@ -45,52 +45,6 @@ ALLOCATORS = {
     "warm": {"MALLOC_MMAP_THRESHOLD_": str(2**40), "MALLOC_TRIM_THRESHOLD_": str(2**40),
              "MALLOC_TOP_PAD_": str(2**30)},
 }
-
-
-def _timer(device: str):
-    """Returns time(fn) -> seconds, synchronised for CUDA."""
-    if device == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        return run
-
-    def run(fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    return run
-
-
-# Fast functions run past --reps until each has run this long: a 50 us op's median over
-# 15 single calls moved by 20 % between runs on the shared VM.
-MIN_TIMED_S = 0.25
-MAX_REPS = 5000
-
-
-def _median_times(fns: dict, device: str, reps: int, budget_s: float) -> dict:
-    """Median time of each function, measured round-robin: whether a fresh output
-    page-faults depends on the allocator's state, so all candidates share that state
-    rather than each being timed in a phase of its own. At least ``reps`` rounds, more
-    (up to MAX_REPS) until every function has run MIN_TIMED_S; past ``budget_s``
-    seconds no new round starts once 3 are done."""
-    timer = _timer(device)
-    for fn in fns.values():
-        fn()  # warm-up (allocator, lazy init)
-    times = {name: [] for name in fns}
-    deadline = time.perf_counter() + budget_s
-    for rep in range(MAX_REPS):
-        if rep >= 3 and time.perf_counter() > deadline:
-            break
-        if rep >= reps and min(sum(ts) for ts in times.values()) >= MIN_TIMED_S:
-            break
-        for name, fn in fns.items():
-            times[name].append(timer(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _broadcast(v: torch.Tensor, dim: int) -> list[int]:
@@ -120,8 +74,19 @@ def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
         torch._weight_norm(vr, gtr, dim).backward(grad_w)
         vr.grad = gtr.grad = None
 
-    t = _median_times({"copy": v.clone, "fwd_fastwn": fwd_fastwn, "fwd_torch": fwd_torch}, device, reps, budget_s)
-    t.update(_median_times({"fb_fastwn": fb_fastwn, "fb_torch": fb_torch}, device, reps, budget_s))
+    fwd_fns = {"copy": v.clone, "fwd_fastwn": fwd_fastwn, "fwd_torch": fwd_torch}
+    fb_fns = {"fb_fastwn": fb_fastwn, "fb_torch": fb_torch}
+    if device == "cuda":  # a GPU user's other option: torch.compile of the formula (compile time excluded)
+        compiled = torch.compile(_composite_weight_norm, dynamic=False)
+
+        def fb_compiled():
+            compiled(vr, gtr, dim).backward(grad_w)
+            vr.grad = gtr.grad = None
+
+        fwd_fns["fwd_compiled"] = lambda: compiled(v, g_torch, dim)
+        fb_fns["fb_compiled"] = fb_compiled
+    t = median_times(fwd_fns, device, reps, budget_s)
+    t.update(median_times(fb_fns, device, reps, budget_s))
     return {
         "shape": list(shape), "dim": dim, "dtype": str(dtype).replace("torch.", ""), "device": device,
         "bytes": nbytes, "times_s": t,
@@ -131,9 +96,15 @@ def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
         "fwd_gbps": 2 * nbytes / t["fwd_fastwn"] / 1e9,
         "copy_gbps": 2 * nbytes / t["copy"] / 1e9,
         "fwd_pct_copy": 100 * t["copy"] / t["fwd_fastwn"],
-        # forward + backward: v in, w out, then grad_w and v in, grad_v out.
+        # forward + backward: v in, w out, then grad_w and v in, grad_v out; against the
+        # copy's bandwidth, the share of the ceiling those five passes reach.
         "fb_gbps": 5 * nbytes / t["fb_fastwn"] / 1e9,
+        "fb_pct_copy": 100 * (5 * nbytes / t["fb_fastwn"]) / (2 * nbytes / t["copy"]),
     }
+
+
+def _composite_weight_norm(v, g, dim):
+    return v * (g / torch.norm_except_dim(v, 2, dim))
 
 
 def _cases(device: str, quick: bool):
@@ -174,14 +145,17 @@ def machine_info() -> dict:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'case':<26}{'dtype':<10}{'alloc':<8}{'fwd ms':>9}{'torch':>9}{'x':>7}{'GB/s':>8}"
-            f"{'copy':>8}{'%copy':>7}{'f+b ms':>9}{'torch':>9}{'x':>7}")
+            f"{'copy':>8}{'%copy':>7}{'f+b ms':>9}{'torch':>9}{'x':>7}{'%copy':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         t = r["times_s"]
         lines.append(
             f"{r['case']:<26}{r['dtype']:<10}{r.get('alloc', r['device']):<8}{1e3 * t['fwd_fastwn']:>9.3f}"
             f"{1e3 * t['fwd_torch']:>9.3f}{r['fwd_speedup']:>7.2f}{r['fwd_gbps']:>8.1f}{r['copy_gbps']:>8.1f}"
-            f"{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn']:>9.3f}{1e3 * t['fb_torch']:>9.3f}{r['fb_speedup']:>7.2f}")
+            f"{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn']:>9.3f}{1e3 * t['fb_torch']:>9.3f}{r['fb_speedup']:>7.2f}"
+            f"{r['fb_pct_copy']:>7.0f}"
+            + (f"  compiled: fwd x{t['fwd_compiled'] / t['fwd_fastwn']:.2f}, f+b x{t['fb_compiled'] / t['fb_fastwn']:.2f}"
+               if "fwd_compiled" in t else ""))
     return "\n".join(lines)
 
 

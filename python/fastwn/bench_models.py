@@ -16,7 +16,7 @@ from torch.nn.utils.parametrizations import weight_norm as torch_wn
 
 import fastwn
 
-from .bench import _median_times
+from ._timing import median_times
 
 
 class HifiGanGenerator(nn.Module):
@@ -134,7 +134,7 @@ def bench_model(name: str, device: str, reps: int, with_compile: bool, progress)
     for kind in ("train", "infer"):
         # Round-robin, as for the op: the shared VM's speed drifts by tens of percent over
         # seconds, so implementations timed in phases of their own would see different machines.
-        timed = _median_times({impl: fns[kind] for impl, fns in steps.items()}, device, reps, budget_s=60.0)
+        timed = median_times({impl: fns[kind] for impl, fns in steps.items()}, device, reps, budget_s=60.0)
         for impl, t in timed.items():
             rows[impl][f"{kind}_ms"] = 1e3 * t
         progress(f"{name} {kind} timed")
