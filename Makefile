@@ -39,6 +39,8 @@ CUDA_VENV ?= .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_TORCH_VERSION := 2.14.1
 CUDA_STAMP := $(CUDA_VENV)/.fastwn-deps
+# Its own CMake build directory: the CPU build's has the same wheel tag.
+CUDA_ENV := FASTWN_CUDA=ON SKBUILD_BUILD_DIR=build/cuda
 
 $(CUDA_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(CUDA_VENV)
@@ -46,15 +48,15 @@ $(CUDA_STAMP): pyproject.toml Makefile
 	touch $@
 
 cuda-install: $(CUDA_STAMP)
-	FASTWN_CUDA=ON $(CUDA_PY) -m pip install -q --no-build-isolation ".[test]" "torch==$(CUDA_TORCH_VERSION)"
+	$(CUDA_ENV) $(CUDA_PY) -m pip install -q --no-build-isolation ".[test]" "torch==$(CUDA_TORCH_VERSION)"
 
 # The CUDA build imports, registers CUDA kernels and passes the whole CPU suite (the
 # wheel test then builds, installs and checks a CUDA wheel).
 cuda-test: cuda-install
-	FASTWN_CUDA=ON $(PYTEST) $(CUDA_PY) -m pytest -q tests
+	$(CUDA_ENV) $(PYTEST) $(CUDA_PY) -m pytest -q tests
 
 wheel-cuda: $(CUDA_STAMP)
-	FASTWN_CUDA=ON $(CUDA_PY) -m pip wheel --no-build-isolation --no-deps . -w dist
+	$(CUDA_ENV) $(CUDA_PY) -m pip wheel --no-build-isolation --no-deps . -w dist
 
 # ---- the CPU extension and the C++ kernel tests under ASan and UBSan, every ISA ----
 SANITIZE_DIR := build/sanitize

@@ -221,6 +221,7 @@ def test_large_outputs(isa, device, dtype, dim, layout):
 @pytest.mark.parametrize("shape,dim,dtype", [
     ((512, 2048), 0, torch.float32), ((512, 2047), 0, torch.float32), ((256, 8192), 0, torch.bfloat16),
     ((300, 24), 0, torch.float16), ((3, 100003), 0, torch.float32), ((4099, 7), 1, torch.float64),
+    ((14, 164), 0, torch.float64), ((300, 1000), 0, torch.float64), ((300, 1500), 0, torch.float64),
 ], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
 def test_gpu_schedules(isa, device, shape, dim, dtype, layout):

@@ -51,7 +51,7 @@ fi
 nvcc --version | tail -1 | tee -a "$LOG"
 log "device: $DEVICE_NAME; building for sm_$ARCH"
 
-if ! stage build 300 env FASTWN_CUDA=ON FASTWN_CUDA_ARCHS="$ARCH" "$PYTHON" -m pip install -v --no-build-isolation \
+if ! stage build 300 env FASTWN_CUDA=ON FASTWN_CUDA_ARCHS="$ARCH" SKBUILD_BUILD_DIR=build/gpu-proof-cmake "$PYTHON" -m pip install -v --no-build-isolation \
     --no-deps --no-index --force-reinstall .; then
   log "build failed: nothing else can run"
 else

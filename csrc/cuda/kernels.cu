@@ -320,21 +320,30 @@ size_t workspace_bytes(const Shape3& s, const Plan& pl) {
   return coef_offset<Op>(pl) + size_t(s.D) * sizeof(typename Op::Coef);
 }
 
+// Returns false for a plan no kernel was compiled for (plan.h never makes one).
 template <class Op, int RT, int ITEMS>
-void launch_rows(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
+bool launch_rows(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
   constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
   const dim3 grid(unsigned(ceil_div(s.D, kBlock / RT)));
-  if (pl.vec == 1) rows_kernel<Op, RT, ITEMS, 1><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
-  else rows_kernel<Op, RT, ITEMS, kVec><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
+  if (pl.vec != 1) {
+    rows_kernel<Op, RT, ITEMS, kVec><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
+    return true;
+  }
+  if constexpr (ITEMS <= max_row_items(int(sizeof(typename Op::Elem)), 1)) {
+    rows_kernel<Op, RT, ITEMS, 1><<<grid, kBlock, 0, stream>>>(op, s.D, s.inner);
+    return true;
+  }
+  return false;
 }
 
 template <class Op, int RT>
-void launch_rows_items(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
+bool launch_rows_items(const Op& op, const Shape3& s, const Plan& pl, cudaStream_t stream) {
   switch (pl.items) {
     case 1: return launch_rows<Op, RT, 1>(op, s, pl, stream);
     case 2: return launch_rows<Op, RT, 2>(op, s, pl, stream);
     case 4: return launch_rows<Op, RT, 4>(op, s, pl, stream);
-    default: return launch_rows<Op, RT, 8>(op, s, pl, stream);
+    case 8: return launch_rows<Op, RT, 8>(op, s, pl, stream);
+    default: return false;
   }
 }
 
@@ -356,9 +365,9 @@ cudaError_t run(const Op& op, const Shape3& s, void* workspace, int sms, cudaStr
     return cudaGetLastError();
   }
   if (pl.kind == Plan::kRows) {
-    if (pl.rt == 32) launch_rows_items<Op, 32>(op, s, pl, stream);
-    else launch_rows_items<Op, kBlock>(op, s, pl, stream);
-    return cudaGetLastError();
+    const bool launched = pl.rt == 32 ? launch_rows_items<Op, 32>(op, s, pl, stream)
+                                      : launch_rows_items<Op, kBlock>(op, s, pl, stream);
+    return launched ? cudaGetLastError() : cudaErrorInvalidConfiguration;
   }
   constexpr int kVec = 16 / int(sizeof(typename Op::Elem));
   if (pl.kind == Plan::kSegments) {

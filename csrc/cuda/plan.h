@@ -10,7 +10,14 @@
 namespace fastwn::cuda {
 
 constexpr int kBlock = 256;              // threads per block, every kernel
-constexpr int64_t kMaxRowPacks = 2048;   // 16-byte packs a rows-kernel row may hold (8 per thread)
+// A rows-kernel thread holds up to 8 packs of 16 bytes (a row of 2048 packs per block).
+// Unaligned float64 rows (8-byte packs) hold at most 4 per thread: with 8, ptxas spilled
+// 4 bytes in the forward kernel on sm_90 and sm_100. Longer rows take the segments path.
+constexpr int kMaxItemsUnalignedF64 = 4;
+
+constexpr int max_row_items(int elem_bytes, int vec) {
+  return elem_bytes == 8 && vec == 1 ? kMaxItemsUnalignedF64 : 8;
+}
 
 struct Plan {
   enum Kind { kRows, kSegments, kColumns } kind;
@@ -39,13 +46,15 @@ inline Plan make_plan(const Shape3& s, int elem_bytes, bool aligned, int sms) {
   const int64_t packs = ceil_div(s.inner, pl.vec);
   // Rows that fit in registers (a row of 2^30 packs must not reach the doubling below:
   // items * rt would overflow an int and the loop never end).
-  if (s.outer == 1 && packs <= kMaxRowPacks) {
-    pl.rt = packs <= 32 * 8 ? 32 : kBlock;
+  const int max_items = max_row_items(elem_bytes, pl.vec);
+  if (s.outer == 1 && packs <= int64_t(kBlock) * max_items) {
+    const bool warp_per_row = packs <= 32 * max_items;
+    pl.rt = warp_per_row ? 32 : kBlock;
     pl.items = 1;
     while (int64_t(pl.items) * pl.rt < packs) pl.items *= 2;
     const int64_t blocks = ceil_div(s.D, kBlock / pl.rt);
     // And fill the GPU: one pass. Otherwise split the rows into segments.
-    if (blocks >= sms || packs <= 32 * 8) {
+    if (blocks >= sms || warp_per_row) {
       pl.kind = Plan::kRows;
       return pl;
     }

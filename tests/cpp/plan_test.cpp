@@ -29,7 +29,8 @@ void check_invariants(const Shape3& s, int elem, bool aligned, int sms) {
   switch (p.kind) {
     case Plan::kRows:
       expect(s.outer == 1 && (p.rt == 32 || p.rt == cuda::kBlock), "rows: outer 1, warp or block", s, elem);
-      expect(int64_t(p.items) * p.rt * p.vec >= s.inner && p.items <= 8, "rows: items hold the row", s, elem);
+      expect(int64_t(p.items) * p.rt * p.vec >= s.inner && p.items <= cuda::max_row_items(elem, p.vec),
+             "rows: items hold the row, within the cap", s, elem);
       expect(cuda::ceil_div(s.D, cuda::kBlock / p.rt) < (int64_t(1) << 31), "rows: grid", s, elem);
       break;
     case Plan::kSegments:
