@@ -1,0 +1,109 @@
+// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]
+// Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
+// floor the kernel's passes are measured against) REPS times on one thread and prints
+// the median time per call. Inputs are random and resident (touched before timing).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../csrc/kernels.h"
+
+using namespace fastwn;
+
+namespace {
+
+void serial(int64_t n, int64_t, void* ctx, cpu::TaskBody body) { body(ctx, 0, n); }
+
+template <class F>
+double median_us(int reps, F f) {
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 7) {
+    std::fprintf(stderr, "usage: kernel_probe scalar|avx2|avx512 f32|bf16 OUTER D INNER REPS [fwd|bwd|mul|sum]\n");
+    return 2;
+  }
+  const std::string isa = argv[1], dt = argv[2], what = argc > 7 ? argv[7] : "fwd";
+  const Shape3 s{std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5])};
+  const int reps = std::atoi(argv[6]);
+  const DType t = dt == "bf16" ? DType::bf16 : DType::f32;
+  const size_t es = t == DType::f32 ? 4 : 2, n = size_t(s.numel()), D = size_t(s.D);
+  std::vector<unsigned char> v(n * es), gw(n * es), out(n * es), g(D * es), gout(D * es);
+  std::vector<float> norm(D), fv(n), fg(D), fo(n);
+  std::mt19937 rng(1);
+  for (auto* buf : {&v, &gw, &g})
+    for (auto& b : *buf) b = uint8_t(rng() % 64);  // small positive floats / bf16 values
+  for (size_t i = 0; i < n; ++i) fv[i] = float(rng() % 1000) / 1000.f;
+  for (size_t d = 0; d < D; ++d) fg[d] = 1.f + float(d % 7);
+  std::memset(out.data(), 1, out.size());
+  std::memset(fo.data(), 1, fo.size() * 4);
+
+  auto fwd = [&] {
+    const FwdParams p{s, t, v.data(), g.data(), out.data(), norm.data(), 0.0};
+    if (isa == "avx512") cpu::avx512::forward(p, serial);
+    else if (isa == "avx2") cpu::avx2::forward(p, serial);
+    else cpu::scalar::forward(p, serial);
+  };
+  auto bwd = [&] {
+    const BwdParams p{s, t, gw.data(), v.data(), g.data(), norm.data(), out.data(), gout.data(), 0.0};
+    if (isa == "avx512") cpu::avx512::backward(p, serial);
+    else if (isa == "avx2") cpu::avx2::backward(p, serial);
+    else cpu::scalar::backward(p, serial);
+  };
+  // The floors, fp32, compiled at -O3 for the build's default ISA (what torch's
+  // TensorIterator loops amount to): out = v * g[d] over [outer, D, inner], and the
+  // column sums of squares.
+  // (inner == 1, the column case, has its own loops: the compiler vectorises over d.)
+  auto mul = [&] {
+    float* __restrict__ o_ = fo.data();
+    const float* __restrict__ v_ = fv.data();
+    const float* __restrict__ g_ = fg.data();
+    for (int64_t o = 0; o < s.outer; ++o)
+      for (int64_t d = 0; d < s.D; ++d) {
+        if (s.inner == 1) {
+          o_[o * s.D + d] = v_[o * s.D + d] * g_[d];
+          continue;
+        }
+        for (int64_t i = 0; i < s.inner; ++i) {
+          const size_t k = size_t((o * s.D + d) * s.inner + i);
+          o_[k] = v_[k] * g_[d];
+        }
+      }
+  };
+  auto sum = [&] {
+    std::vector<float> acc(D, 0.f);
+    float* __restrict__ a_ = acc.data();
+    const float* __restrict__ v_ = fv.data();
+    for (int64_t o = 0; o < s.outer; ++o)
+      for (int64_t d = 0; d < s.D; ++d)
+        for (int64_t i = 0; i < s.inner; ++i) {
+          const float x = v_[size_t((o * s.D + d) * s.inner + i)];
+          a_[size_t(d)] += x * x;
+        }
+    norm[0] = acc[0];
+  };
+  double us = 0;
+  if (what == "fwd") us = median_us(reps, fwd);
+  else if (what == "bwd") us = median_us(reps, bwd);
+  else if (what == "mul") us = median_us(reps, mul);
+  else us = median_us(reps, sum);
+  const double bytes = double(n) * (what == "sum" ? 4 : what == "mul" ? 8 : what == "bwd" ? 3 * es : 2 * es);
+  std::printf("%s %s %s [%lld,%lld,%lld]: %.1f us, %.1f GB/s\n", what.c_str(), isa.c_str(), dt.c_str(),
+              (long long)s.outer, (long long)s.D, (long long)s.inner, us, bytes / us / 1e3);
+  return 0;
+}
