@@ -175,10 +175,15 @@ typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
 // acc[j] += the terms of elements off + r * stride + j for r in [0, rows), j in [0, n):
 // the column reduction. Up to kColumnRows rows share one load and store of the
 // accumulators; the FMAs still chain in row order, so the sums are those of a
-// row-by-row loop, bit for bit. Measured reduction alone, 1 thread, AMD EPYC VM,
-// (768,48,128) dim=2 fp32: 4 rows 621 us, 8 rows 460, 16 rows 389, 32 rows 750 (the
-// strided row streams then defeat the prefetcher); rows of 1024+ floats do not care.
-constexpr int64_t kColumnRows = 16;
+// row-by-row loop, bit for bit. The rows are that many strided streams; how many the
+// prefetcher follows depends on the machine. Reduction alone, 1 thread, fp32:
+// - Zen 5 VM, (768,48,128) dim=2 from cache: 4 rows 621 us, 8 rows 460, 16 rows 389,
+//   32 rows 750;
+// - Zen 3 VM (about 6 GB/s from memory per core), kernel_probe, three runs each:
+//   (768,48,128) dim=2: 8 rows 1.9-3.2 ms, 16 rows 3.6-3.7; (4096,4096) dim=1: 8 rows
+//   5.9-6.9 ms, 16 rows 8.7-10.3, 1 row 11.4-13.3.
+// 8 is within 20% of the best on both.
+constexpr int64_t kColumnRows = 8;
 template <class Op>
 void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
   using V = typename Op::V;
