@@ -21,8 +21,8 @@ from torch.nn.utils.weight_norm import WeightNorm as _TorchLegacyWeightNorm  # t
 from . import functional
 from .functional import weight_norm as _weight_norm_fn
 
-__all__ = ["WeightNorm", "AlreadyWeightNormalizedError", "weight_norm", "remove_weight_norm", "convert", "fold", "is_weight_normalized",
-           "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+__all__ = ["WeightNorm", "AlreadyWeightNormalizedError", "weight_norm", "remove_weight_norm", "convert", "fold",
+           "is_weight_normalized", "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
            "MeanOnlyBatchNorm1d", "MeanOnlyBatchNorm2d", "MeanOnlyBatchNorm3d"]
 
 _LEGACY_SPECS = "_fastwn_legacy_weight_norms"  # instance attribute: {name: _Spec} for the <name>_g/_v layout
