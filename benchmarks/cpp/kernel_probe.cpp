@@ -1,7 +1,8 @@
 // kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
-// floor the kernel's passes are measured against) REPS times on one thread and prints
-// the median time per call. Inputs are random and resident (touched before timing).
+// floor the kernel's passes are measured against) REPS times and prints the median time
+// per call. Inputs are random and resident (touched before timing). One thread, or
+// PROBE_THREADS=2: the kernel's tasks split between two std::threads as torch splits them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../csrc/kernels.h"
@@ -18,6 +20,12 @@ using namespace fastwn;
 namespace {
 
 void serial(int64_t n, int64_t, void* ctx, cpu::TaskBody body) { body(ctx, 0, n); }
+
+void two_threads(int64_t n, int64_t, void* ctx, cpu::TaskBody body) {
+  std::thread other([&] { body(ctx, n / 2, n); });
+  body(ctx, 0, n / 2);
+  other.join();
+}
 
 template <class F>
 double median_us(int reps, F f) {
@@ -60,17 +68,19 @@ int main(int argc, char** argv) {
   std::memset(out.data(), 1, out.size());
   std::memset(fo.data(), 1, fo.size() * 4);
 
+  const cpu::ParallelFor par = std::getenv("PROBE_THREADS") && std::atoi(std::getenv("PROBE_THREADS")) == 2
+                                   ? two_threads : serial;
   auto fwd = [&] {
     const FwdParams p{s, t, v.data(), g.data(), out.data(), norm.data(), 0.0};
-    if (isa == "avx512") cpu::avx512::forward(p, serial);
-    else if (isa == "avx2") cpu::avx2::forward(p, serial);
-    else cpu::scalar::forward(p, serial);
+    if (isa == "avx512") cpu::avx512::forward(p, par);
+    else if (isa == "avx2") cpu::avx2::forward(p, par);
+    else cpu::scalar::forward(p, par);
   };
   auto bwd = [&] {
     const BwdParams p{s, t, gw.data(), v.data(), g.data(), norm.data(), out.data(), gout.data(), 0.0};
-    if (isa == "avx512") cpu::avx512::backward(p, serial);
-    else if (isa == "avx2") cpu::avx2::backward(p, serial);
-    else cpu::scalar::backward(p, serial);
+    if (isa == "avx512") cpu::avx512::backward(p, par);
+    else if (isa == "avx2") cpu::avx2::backward(p, par);
+    else cpu::scalar::backward(p, par);
   };
   // The floors, fp32, compiled at -O3 for the build's default ISA (what torch's
   // TensorIterator loops amount to): out = v * g[d] over [outer, D, inner], and the
