@@ -1,4 +1,6 @@
 // kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]
+// Built by tests/cpp's CMake project on request:
+//   cmake -S tests/cpp -B build/probe && cmake --build build/probe --target kernel_probe
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
 // floor the kernel's passes are measured against) REPS times and prints the median time
 // per call. Inputs are random and resident (touched before timing). One thread, or
