@@ -1,5 +1,5 @@
-# csrc/cpu/kernels.cpp compiled once per ISA, each into its own namespace; used by the
-# extension (CMakeLists.txt) and by the kernel test (tests/cpp). Sets FASTWN_CPU_OBJECTS.
+# The CPU kernels (csrc/cpu/kernels.cpp, low_rank_norm.cpp) compiled once per ISA, each
+# into its own namespace; used by the extension (CMakeLists.txt) and by the kernel test (tests/cpp). Sets FASTWN_CPU_OBJECTS.
 set(FASTWN_ROOT "${CMAKE_CURRENT_LIST_DIR}/..")
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
   set(FASTWN_FLAGS_scalar "")
@@ -12,7 +12,7 @@ else()  # other CPUs run the portable code under every name; isa.cpp picks scala
 endif()
 set(FASTWN_CPU_OBJECTS "")
 foreach(isa scalar avx2 avx512)
-  add_library(fastwn_cpu_${isa} OBJECT "${FASTWN_ROOT}/csrc/cpu/kernels.cpp")
+  add_library(fastwn_cpu_${isa} OBJECT "${FASTWN_ROOT}/csrc/cpu/kernels.cpp" "${FASTWN_ROOT}/csrc/cpu/low_rank_norm.cpp")
   target_compile_definitions(fastwn_cpu_${isa} PRIVATE FASTWN_ISA=${isa})
   target_compile_options(fastwn_cpu_${isa} PRIVATE -O3 -fno-math-errno ${FASTWN_FLAGS_${isa}})
   set_target_properties(fastwn_cpu_${isa} PROPERTIES POSITION_INDEPENDENT_CODE ON)

@@ -57,6 +57,23 @@ struct BwdParams {
   bool stream_output = false;  // as in FwdParams, for grad_v
 };
 
+// DoRA's weight norm (fastwn.dora_norm): the norms of the rows or of the columns of
+// T = M + L @ R without forming T, where M [rows, cols] is in `dtype` (row i at
+// m + i * m_stride elements, columns contiguous) and L [rows, rank], R [rank, cols] are
+// contiguous in the accumulation type (float, double for f64). The glue maps W0 + s*B@A
+// onto it: L = s*B, R = A for a [out, in] W0 (per_row); L = A^T, R = s*B^T for a W0
+// stored [in, out] (fan_in_fan_out, per column). norm is in the accumulation type.
+struct LowRankNormParams {
+  DType dtype;
+  int64_t rows, cols, rank;
+  const void* m;
+  int64_t m_stride;
+  const void* l;
+  const void* r;
+  bool per_row;
+  void* norm;
+};
+
 namespace cpu {
 
 // The kernels split work into tasks whose results do not depend on how tasks are
@@ -71,6 +88,7 @@ enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
   namespace ns {                                                \
   void forward(const FwdParams& p, ParallelFor par);            \
   void backward(const BwdParams& p, ParallelFor par);           \
+  void low_rank_norm(const LowRankNormParams& p, ParallelFor par); \
   }
 FASTWN_DECLARE_ISA(scalar)
 FASTWN_DECLARE_ISA(avx2)

@@ -21,6 +21,9 @@ TORCH_LIBRARY(fastwn, m) {
   // [grad_v, grad_g], or [grad_g] when need_v is false. Implemented in Python.
   m.def("weight_norm_bwd_composite(Tensor grad_w, Tensor v, Tensor g, int dim, float eps, bool need_v)"
         " -> Tensor[]");
+  // DoRA: the per-row norms of weight + scaling * lora_B @ lora_A, never forming that
+  // [out, in] matrix; float32 for half weights. Not differentiable (DoRA detaches it).
+  m.def("dora_norm(Tensor weight, Tensor lora_A, Tensor lora_B, float scaling) -> Tensor");
 }
 
 namespace py = pybind11;

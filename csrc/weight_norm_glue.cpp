@@ -14,14 +14,14 @@ namespace {
 
 constexpr int64_t kWholeTensor = -1;
 
-DType to_dtype(at::ScalarType t, const char* arg) {
+DType to_dtype(at::ScalarType t, const char* arg, const char* op = "fastwn.weight_norm") {
   switch (t) {
     case at::kFloat: return DType::f32;
     case at::kDouble: return DType::f64;
     case at::kBFloat16: return DType::bf16;
     case at::kHalf: return DType::f16;
     default:
-      TORCH_CHECK_TYPE(false, "fastwn.weight_norm: ", arg,
+      TORCH_CHECK_TYPE(false, op, ": ", arg,
                        " must be float32, float64, bfloat16 or float16, got ", t);
   }
   return DType::f32;  // unreachable
@@ -74,9 +74,10 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 // dense ones of any memory order (channels_last included) are used as they are.
 at::Tensor dense(const at::Tensor& t) { return t.is_non_overlapping_and_dense() ? t : t.contiguous(); }
 
-void check_same_device(const at::Tensor& v, const at::Tensor& other, const char* arg) {
-  TORCH_CHECK(other.device() == v.device(), "fastwn.weight_norm: ", arg, " is on ", other.device(),
-              " but v is on ", v.device(), "; move both to the same device");
+void check_same_device(const at::Tensor& v, const at::Tensor& other, const char* arg,
+                       const char* op = "fastwn.weight_norm", const char* first = "v") {
+  TORCH_CHECK(other.device() == v.device(), op, ": ", arg, " is on ", other.device(), " but ", first, " is on ",
+              v.device(), "; move both to the same device");
 }
 
 // Checks shared by forward and backward; returns the resolved dim.
@@ -149,6 +150,58 @@ BwdCall prepare_backward(const at::Tensor& grad_w_in, const at::Tensor& v_in, co
                        c.g.const_data_ptr(),         c.norm.const_data_ptr(),
                        c.grad_v.mutable_data_ptr(),  c.grad_g.mutable_data_ptr(),
                        eps};
+  return c;
+}
+
+LowRankNormCall prepare_dora_norm(const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                                  double scaling) {
+  constexpr const char* op = "fastwn.dora_norm";
+  const DType dtype = to_dtype(weight.scalar_type(), "weight", op);
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got shape ",
+                    weight.sizes());
+  check_same_device(weight, lora_A, "lora_A", op, "weight");
+  check_same_device(weight, lora_B, "lora_B", op, "weight");
+  auto check_factor = [&](const at::Tensor& t, const char* name) {
+    to_dtype(t.scalar_type(), name, op);  // any float dtype: converted to the accumulation type
+    TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+  };
+  check_factor(lora_A, "lora_A");
+  check_factor(lora_B, "lora_B");
+  const int64_t out = weight.size(0), in = weight.size(1), rank = lora_A.size(0);
+  TORCH_CHECK_VALUE(lora_A.size(1) == in, op, ": lora_A must be [rank, in_features] = [rank, ", in,
+                    "] for weight of shape ", weight.sizes(), ", got ", lora_A.sizes());
+  TORCH_CHECK_VALUE(lora_B.size(0) == out && lora_B.size(1) == rank, op, ": lora_B must be [out_features, rank] = [",
+                    out, ", ", rank, "] for weight of shape ", weight.sizes(), " and lora_A of shape ",
+                    lora_A.sizes(), ", got ", lora_B.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(scaling), op, ": scaling must be finite, got ", scaling);
+
+  // W0 + s*B@A is the kernel's M + L@R read row by row when W0's columns are contiguous,
+  // column by column (as M = W0^T) when its rows are, as for fan_in_fan_out's [in, out]
+  // weights; any other view is copied once.
+  const at::ScalarType acc = norm_dtype(weight.scalar_type());
+  LowRankNormCall c;
+  const bool rows_dense = weight.stride(1) == 1 || in <= 1;
+  const bool cols_dense = !rows_dense && (weight.stride(0) == 1 || out <= 1);
+  c.m = rows_dense || cols_dense ? weight : weight.contiguous();
+  const at::Tensor scaled_b = lora_B.to(acc).mul(scaling);
+  if (cols_dense) {
+    c.l = lora_A.t().to(acc).contiguous();
+    c.r = scaled_b.t().contiguous();
+  } else {
+    c.l = scaled_b.contiguous();
+    c.r = lora_A.to(acc).contiguous();
+  }
+  c.norm = at::empty({out}, weight.options().dtype(acc));
+  c.params = LowRankNormParams{dtype,
+                               cols_dense ? in : out,
+                               cols_dense ? out : in,
+                               rank,
+                               c.m.const_data_ptr(),
+                               cols_dense ? c.m.stride(1) : c.m.stride(0),
+                               c.l.const_data_ptr(),
+                               c.r.const_data_ptr(),
+                               !cols_dense,
+                               c.norm.mutable_data_ptr()};
   return c;
 }
 

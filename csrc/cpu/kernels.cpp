@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "../kernels.h"
-#include "vec.h"
+#include "kernel_util.h"
 
 namespace fastwn::cpu::FASTWN_ISA {
 namespace {
@@ -25,18 +25,6 @@ constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <class F>
-void parallel(ParallelFor par, int64_t n, int64_t grain, F& body) {
-  par(n, grain, &body, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); });
-}
-
-template <class V, class T>
-inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, n); }
-template <class V, class T>
-inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
-
 // st for an op's output: streamed when the op streams and the chunk is a full, aligned vector.
 template <class V, class T>
 inline void st_out(const V& v, T* p, int64_t n, bool stream) {
@@ -44,10 +32,6 @@ inline void st_out(const V& v, T* p, int64_t n, bool stream) {
   if (stream && n == V::W && reinterpret_cast<uintptr_t>(p) % kAlign == 0) v.stream(p);
   else st(v, p, n);
 }
-
-// The accumulation type: fp64 for fp64, fp32 for everything else.
-template <class T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // The divisor of g: max(norm, eps), the norm first rounded to T for bf16/fp16 (see
 // kernels.h: so that g = ||v|| as stored scales v by exactly 1). A norm beyond T's range
@@ -336,21 +320,13 @@ void backward_t(const BwdParams& p, ParallelFor par) {
   run(op, p.shape, sizeof(T), par);
 }
 
-template <template <class> class Fn, class P>
-void dispatch(const P& p, ParallelFor par) {
-  switch (p.dtype) {
-    case DType::f32: return Fn<float>::call(p, par);
-    case DType::f64: return Fn<double>::call(p, par);
-    case DType::bf16: return Fn<bf16_t>::call(p, par);
-    case DType::f16: return Fn<f16_t>::call(p, par);
-  }
-}
-template <class T> struct Forward { static void call(const FwdParams& p, ParallelFor par) { forward_t<T>(p, par); } };
-template <class T> struct Backward { static void call(const BwdParams& p, ParallelFor par) { backward_t<T>(p, par); } };
-
 }  // namespace
 
-void forward(const FwdParams& p, ParallelFor par) { dispatch<Forward>(p, par); }
-void backward(const BwdParams& p, ParallelFor par) { dispatch<Backward>(p, par); }
+void forward(const FwdParams& p, ParallelFor par) {
+  visit_dtype(p.dtype, [&](auto t) { forward_t<decltype(t)>(p, par); });
+}
+void backward(const BwdParams& p, ParallelFor par) {
+  visit_dtype(p.dtype, [&](auto t) { backward_t<decltype(t)>(p, par); });
+}
 
 }  // namespace fastwn::cpu::FASTWN_ISA

@@ -1,4 +1,5 @@
-// CPU backend: torch's thread pool and the ISA choice around the raw-pointer kernels.
+// CPU backend of every fastwn operator: torch's thread pool and the ISA choice around
+// the raw-pointer kernels.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -85,14 +86,19 @@ Isa checked_active_isa() {
   return Isa::scalar;  // unreachable
 }
 
+// Runs the kernel set of the active ISA: the one place that choice is made.
+template <class P>
+using Kernel = void (*)(const P&, ParallelFor);
+template <class P>
+void run_active_isa(const P& p, Kernel<P> scalar_fn, Kernel<P> avx2_fn, Kernel<P> avx512_fn) {
+  const Kernel<P> by_isa[] = {scalar_fn, avx2_fn, avx512_fn};  // indexed by Isa
+  by_isa[int(checked_active_isa())](p, torch_parallel_for);
+}
+
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& v, const at::Tensor& g, int64_t dim, double eps) {
   FwdCall c = prepare_forward(v, g, dim, eps);
   c.params.stream_output = should_stream(c.w);
-  switch (checked_active_isa()) {
-    case Isa::avx512: avx512::forward(c.params, torch_parallel_for); break;
-    case Isa::avx2: avx2::forward(c.params, torch_parallel_for); break;
-    case Isa::scalar: scalar::forward(c.params, torch_parallel_for); break;
-  }
+  run_active_isa(c.params, scalar::forward, avx2::forward, avx512::forward);
   return {c.w, c.norm};
 }
 
@@ -100,12 +106,14 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_w, const at::
                                             const at::Tensor& norm, int64_t dim, double eps) {
   BwdCall c = prepare_backward(grad_w, v, g, norm, dim, eps);
   c.params.stream_output = should_stream(c.grad_v);
-  switch (checked_active_isa()) {
-    case Isa::avx512: avx512::backward(c.params, torch_parallel_for); break;
-    case Isa::avx2: avx2::backward(c.params, torch_parallel_for); break;
-    case Isa::scalar: scalar::backward(c.params, torch_parallel_for); break;
-  }
+  run_active_isa(c.params, scalar::backward, avx2::backward, avx512::backward);
   return {c.grad_v, c.grad_g};
+}
+
+at::Tensor dora_norm(const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B, double scaling) {
+  LowRankNormCall c = prepare_dora_norm(weight, lora_A, lora_B, scaling);
+  run_active_isa(c.params, scalar::low_rank_norm, avx2::low_rank_norm, avx512::low_rank_norm);
+  return c.norm;
 }
 
 }  // namespace
@@ -113,6 +121,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_w, const at::
 TORCH_LIBRARY_IMPL(fastwn, CPU, m) {
   m.impl("weight_norm_fwd", &forward);
   m.impl("weight_norm_bwd", &backward);
+  m.impl("dora_norm", &dora_norm);
 }
 
 }  // namespace fastwn::cpu

@@ -1,7 +1,8 @@
 """fastwn: fused weight normalization (w = g * v / ||v||) for PyTorch.
 
 Importing fastwn loads the compiled extension, which registers the operators
-``torch.ops.fastwn.weight_norm_fwd`` / ``weight_norm_bwd``. If it cannot load (built
+``torch.ops.fastwn.weight_norm_fwd`` / ``weight_norm_bwd`` and ``dora_norm`` (DoRA's norm,
+fastwn.dora; the PEFT drop-in is fastwn.peft). If it cannot load (built
 for another torch, say), fastwn warns and falls back to ``torch._weight_norm``;
 ``FASTWN_REQUIRE_EXTENSION=1`` turns that into an ImportError.
 """
@@ -43,11 +44,13 @@ if not HAS_EXTENSION:
         raise ImportError(f"{_EXTENSION_ERROR} (FASTWN_REQUIRE_EXTENSION=1)")
     warnings.warn(f"{_EXTENSION_ERROR}; fastwn falls back to torch._weight_norm", RuntimeWarning, stacklevel=2)
 else:
-    from . import _ops, functional  # _ops: fake impls and the composite backward
+    from . import _ops, dora, functional  # _ops: fake impls and the composite backward
 
     functional._fwd = _ops.fwd.default
+    dora._dora_norm_op = _ops.dora_norm.default
 
 from .functional import weight_norm  # noqa: E402
+from .dora import dora_norm  # noqa: E402
 from . import init, nn  # noqa: E402,F401  (fastwn.nn layers/helpers, fastwn.init)
 
 
@@ -69,4 +72,4 @@ def cpu_isa() -> str:
     return _C.cpu_isa()
 
 
-__all__ = ["weight_norm", "nn", "init", "build_info", "cpu_isa", "HAS_EXTENSION", "__version__"]
+__all__ = ["weight_norm", "dora_norm", "nn", "init", "build_info", "cpu_isa", "HAS_EXTENSION", "__version__"]

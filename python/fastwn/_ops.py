@@ -6,12 +6,15 @@ The C++ glue checks real tensors; _check_args repeats the checks that fake tenso
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false
 
 from . import _composite
 
 fwd = torch.ops.fastwn.weight_norm_fwd
+dora_norm = torch.ops.fastwn.dora_norm
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -67,6 +70,32 @@ def _fwd_fake(v, g, dim, eps=0.0):
 def _bwd_fake(grad_w, v, g, norm, dim, eps=0.0):
     _check_backward_args(grad_w, v, g, norm, dim, eps)
     return _like_v(v), torch.empty(g.shape, dtype=g.dtype, device=g.device)
+
+
+def _check_dora_args(weight, lora_A, lora_B, scaling) -> None:
+    op = "fastwn.dora_norm"
+    torch._check_type(weight.dtype in _FLOAT_DTYPES,
+                      lambda: f"{op}: weight must be float32, float64, bfloat16 or float16, got {weight.dtype}")
+    torch._check_value(weight.dim() == 2, lambda: f"{op}: weight must be 2-D [out_features, in_features], "
+                                                  f"got shape {tuple(weight.shape)}")
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
+        torch._check(t.device == weight.device, lambda: f"{op}: {name} is on {t.device} but weight is on {weight.device}")
+        torch._check_type(t.dtype in _FLOAT_DTYPES,
+                          lambda: f"{op}: {name} must be float32, float64, bfloat16 or float16, got {t.dtype}")
+        torch._check_value(t.dim() == 2, lambda: f"{op}: {name} must be 2-D, got shape {tuple(t.shape)}")
+    out, inp = weight.shape
+    rank = lora_A.size(0)
+    torch._check_value(lora_A.size(1) == inp, lambda: f"{op}: lora_A must be [rank, in_features] = [rank, {inp}], "
+                                                      f"got {tuple(lora_A.shape)}")
+    torch._check_value(tuple(lora_B.shape) == (out, rank),
+                       lambda: f"{op}: lora_B must be [out_features, rank] = [{out}, {rank}], got {tuple(lora_B.shape)}")
+    torch._check_value(math.isfinite(scaling), lambda: f"{op}: scaling must be finite, got {scaling}")
+
+
+@torch.library.register_fake("fastwn::dora_norm")
+def _dora_norm_fake(weight, lora_A, lora_B, scaling):
+    _check_dora_args(weight, lora_A, lora_B, scaling)
+    return weight.new_empty((weight.size(0),), dtype=_composite.acc_dtype(weight.dtype))
 
 
 # Autograd is C++ (csrc/autograd.cpp); its create_graph and grad_g-only paths call this

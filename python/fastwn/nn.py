@@ -19,11 +19,12 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm as _TorchLegacyWeightNorm  # the legacy hook's class
 
 from . import functional
+from .dora import DoRALinear
 from .functional import weight_norm as _weight_norm_fn
 
 __all__ = ["WeightNorm", "AlreadyWeightNormalizedError", "weight_norm", "remove_weight_norm", "convert", "fold",
            "is_weight_normalized", "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-           "MeanOnlyBatchNorm1d", "MeanOnlyBatchNorm2d", "MeanOnlyBatchNorm3d"]
+           "MeanOnlyBatchNorm1d", "MeanOnlyBatchNorm2d", "MeanOnlyBatchNorm3d", "DoRALinear"]
 
 _LEGACY_SPECS = "_fastwn_legacy_weight_norms"  # instance attribute: {name: _Spec} for the <name>_g/_v layout
 

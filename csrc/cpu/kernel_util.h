@@ -1,0 +1,41 @@
+// Small pieces every CPU kernel file shares (each is compiled once per ISA, FASTWN_ISA):
+// the thread-pool adapter, vector loads/stores of n <= W lanes, the accumulation type
+// and the switch from DType to a storage type.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../kernels.h"
+#include "vec.h"
+
+namespace fastwn::cpu::FASTWN_ISA {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <class F>
+void parallel(ParallelFor par, int64_t n, int64_t grain, F& body) {
+  par(n, grain, &body, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); });
+}
+
+template <class V, class T>
+inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, n); }
+template <class V, class T>
+inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
+
+// The accumulation type: fp64 for fp64, fp32 for everything else.
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// f(T{}) with T the storage type of `dtype`.
+template <class F>
+void visit_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(float{});
+    case DType::f64: return f(double{});
+    case DType::bf16: return f(bf16_t{});
+    case DType::f16: return f(f16_t{});
+  }
+}
+
+}  // namespace fastwn::cpu::FASTWN_ISA
