@@ -44,11 +44,21 @@ std::tuple<at::Tensor, at::Tensor> weight_norm_bwd(const at::Tensor& grad_w, con
   return {c.grad_v, c.grad_g};
 }
 
+at::Tensor dora_norm(const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B, double scaling) {
+  LowRankNormCall c = prepare_dora_norm(weight, lora_A, lora_B, scaling);  // checks first, as above
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const int sms = sm_count(c.m);
+  at::Tensor ws = workspace(low_rank_norm_workspace_bytes(c.params, sms), c.m);
+  C10_CUDA_CHECK(cuda::low_rank_norm(c.params, ws.data_ptr(), sms, c10::cuda::getCurrentCUDAStream()));
+  return c.norm;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastwn, CUDA, m) {
   m.impl("weight_norm_fwd", &weight_norm_fwd);
   m.impl("weight_norm_bwd", &weight_norm_bwd);
+  m.impl("dora_norm", &dora_norm);
 }
 
 }  // namespace fastwn::cuda

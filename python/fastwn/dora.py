@@ -67,7 +67,13 @@ class _DoraScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base, lora, magnitude, norm, scaling, residual):
         scale = magnitude.to(norm.dtype) / norm
-        h = torch.add(base, lora, alpha=scaling)
+        if torch.compiler.is_compiling():
+            # Inductor (torch 2.13) fuses add(base, mm, alpha=s) into an addmm and drops
+            # alpha (measured here: off by 6.5 on a 8x24 output; the addmm alpha/beta bugs
+            # pytorch/pytorch#167313, #196577). An explicit product keeps it.
+            h = base + lora * scaling
+        else:
+            h = torch.add(base, lora, alpha=scaling)  # one pass
         y = h * scale if residual is None else torch.addcmul(residual, h, scale)
         ctx.save_for_backward(h, scale, norm)
         ctx.scaling = scaling
