@@ -27,6 +27,7 @@ RESULTS ?= benchmarks/results/latest
 bench: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json $(RESULTS)-ops.json
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --models --json $(RESULTS)-models.json
+	FASTWN_REQUIRE_EXTENSION=1 HF_HUB_OFFLINE=1 $(PY) -m fastwn bench --dora --json $(RESULTS)-dora.json
 
 # A wheel for the torch in the venv (it requires that torch release).
 wheel: $(STAMP)

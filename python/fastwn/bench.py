@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(and a PNG plot beside it)")
     p.add_argument("--models", action="store_true", help="whole models (training step, inference) instead of the op")
     p.add_argument("--no-compile", action="store_true", help="with --models: skip torch.compile of torch's models")
+    p.add_argument("--dora", action="store_true", help="DoRA: PEFT LoRA, PEFT DoRA and fastwn's DoRA (train step, "
+                   "inference, peak memory) on Llama-shaped layers and a small Llama; needs peft")
     p.add_argument("--alloc", choices=list(ALLOCATORS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.models:
         return _main_models(args, argv)
+    if args.dora:
+        return _main_dora(args, argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not (torch.cuda.is_available() and fastwn.build_info().get("cuda")):
         if args.device == "cuda":
@@ -244,6 +248,23 @@ def _main_models(args, argv) -> int:
         rows += bench_models.run(device, args.reps, not args.no_compile)
     print(bench_models.format_table(rows))
     _write(args, argv, rows, bench_models.plot)
+    return 0
+
+
+def _main_dora(args, argv) -> int:
+    from . import bench_dora
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if not torch.cuda.is_available() or not fastwn.build_info().get("cuda"):
+        devices = [d for d in devices if d != "cuda"]
+    rows = []
+    for device in devices:
+        print(f"[{device}]", file=sys.stderr, flush=True)
+        result = bench_dora.run(device, min(args.reps, 7), args.quick,
+                                progress=lambda line: print(line, file=sys.stderr, flush=True))
+        rows.append({"device": device, **result})
+        print(f"## {device}\n\n{bench_dora.format_table(result)}\n")
+    _write(args, argv, rows, bench_dora.plot)
     return 0
 
 

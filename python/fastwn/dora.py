@@ -58,26 +58,40 @@ def dora_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, 
     return torch.linalg.vector_norm(weight.to(acc) + s * (lora_B.to(acc) @ lora_A.to(acc)), dim=1)
 
 
-class _DoraScale(torch.autograd.Function):
-    """y = residual + (m / n) * (base + s * lora), m / n broadcast over the last axis.
+# Largest [tokens, out] product the magnitude's gradient forms at once: the reduction runs
+# over chunks of tokens, so it allocates no activation-sized temporary (on the CPU each
+# fresh large tensor costs page faults: about 2 ms per 4 MiB on the benchmark machine).
+_REDUCE_CHUNK_ELEMS = 1 << 16
 
-    Saves h = base + s*lora, the one activation the magnitude's gradient needs
-    (sum over tokens of grad_y * h / n); n is a constant (detached)."""
+
+def _token_sums(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sum over every axis but the last of a * b, accumulated in `dtype`."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    step = max(1, _REDUCE_CHUNK_ELEMS // max(a2.shape[1], 1))
+    total = torch.zeros(a2.shape[1], dtype=dtype, device=a.device)
+    for i in range(0, a2.shape[0], step):
+        total += (a2[i:i + step] * b2[i:i + step]).sum(0, dtype=dtype)
+    return total
+
+
+class _DoraScale(torch.autograd.Function):
+    """y = residual + (m / n) * (base - sub + lora), m / n broadcast over the last axis.
+
+    ``lora`` already carries the LoRA scaling s (applied to the small x A^T). Saves
+    h = base - sub + lora, the one activation the magnitude's gradient needs (sum over
+    tokens of grad_y * h / n); n is a constant (detached). base and lora get the same
+    gradient, grad_y * m / n: one tensor when their dtypes agree."""
 
     @staticmethod
-    def forward(ctx, base, lora, magnitude, norm, scaling, residual):
+    def forward(ctx, base, lora, magnitude, norm, sub, residual):
         scale = magnitude.to(norm.dtype) / norm
-        if torch.compiler.is_compiling():
-            # Inductor (torch 2.13) fuses add(base, mm, alpha=s) into an addmm and drops
-            # alpha (measured here: off by 6.5 on a 8x24 output; the addmm alpha/beta bugs
-            # pytorch/pytorch#167313, #196577). An explicit product keeps it.
-            h = base + lora * scaling
-        else:
-            h = torch.add(base, lora, alpha=scaling)  # one pass
+        h = torch.add(base, lora) if sub is None else torch.sub(base, sub)
+        if sub is not None:
+            h = h.add_(lora) if h.dtype == torch.result_type(h, lora) else h + lora
         y = h * scale if residual is None else torch.addcmul(residual, h, scale)
         ctx.save_for_backward(h, scale, norm)
-        ctx.scaling = scaling
         ctx.dtypes = (base.dtype, lora.dtype, magnitude.dtype)
+        ctx.sub_shape = None if sub is None else sub.shape
         ctx.residual_shape = None if residual is None else residual.shape
         return y
 
@@ -85,29 +99,48 @@ class _DoraScale(torch.autograd.Function):
     def backward(ctx, grad_y):
         h, scale, norm = ctx.saved_tensors
         base_dtype, lora_dtype, m_dtype = ctx.dtypes
-        need_base, need_lora, need_m, _, _, need_residual = ctx.needs_input_grad
-        grad_base = grad_lora = grad_m = grad_residual = None
-        if need_base:
-            grad_base = (grad_y * scale).to(base_dtype)
-        if need_lora:
-            grad_lora = (grad_y * (scale * ctx.scaling)).to(lora_dtype)
+        need_base, need_lora, need_m, _, need_sub, need_residual = ctx.needs_input_grad
+        grad_base = grad_lora = grad_m = grad_sub = grad_residual = None
+        if need_base or need_lora or need_sub:
+            grad_h = grad_y * scale
+            grad_base = grad_h.to(base_dtype) if need_base else None
+            grad_lora = grad_h.to(lora_dtype) if need_lora else None
+            if need_sub:
+                grad_sub = -_reduce_to(grad_h, ctx.sub_shape)
         if need_m:
-            out = h.shape[-1]
-            per_token = (grad_y * h).reshape(-1, out)
-            grad_m = (per_token.sum(0, dtype=norm.dtype) / norm).to(m_dtype)
+            grad_m = (_token_sums(grad_y, h, norm.dtype) / norm).to(m_dtype)
         if need_residual:
-            grad_residual = grad_y
-            if grad_y.shape != ctx.residual_shape:  # a broadcast bias
-                grad_residual = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).reshape(ctx.residual_shape)
-        return grad_base, grad_lora, grad_m, None, None, grad_residual
+            grad_residual = _reduce_to(grad_y, ctx.residual_shape)
+        return grad_base, grad_lora, grad_m, None, grad_sub, grad_residual
+
+
+def _reduce_to(grad: torch.Tensor, shape) -> torch.Tensor:
+    """grad summed down to `shape` (a bias broadcast over tokens)."""
+    if grad.shape == shape:
+        return grad
+    return grad.reshape(-1, grad.shape[-1]).sum(0).reshape(shape)
 
 
 def dora_scale(base: torch.Tensor, lora: torch.Tensor, magnitude: torch.Tensor, norm: torch.Tensor,
-               scaling: float, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``residual + (magnitude / norm) * (base + scaling * lora)``, differentiable in base,
-    lora, magnitude and residual; norm is a constant. Computed in the promoted dtype of
-    its inputs (float32 where the norm is float32)."""
-    return _DoraScale.apply(base, lora, magnitude, norm, scaling, residual)
+               sub: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + (magnitude / norm) * (base - sub + lora)``, differentiable in every
+    argument but norm (a constant). ``lora`` must already carry the LoRA scaling. With no
+    gradient to compute it works in place in ``lora``, which the caller must own (a
+    temporary, as LoRA's output is): inference allocates nothing the size of the output,
+    and the result is in base's and lora's dtype (with gradients: also promoted with the
+    float32 scale, as PEFT's formula is)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (base, lora, magnitude, sub, residual))
+    if needs_grad or torch.compiler.is_compiling():
+        return _DoraScale.apply(base, lora, magnitude, norm, sub, residual)
+    scale = magnitude.to(norm.dtype) / norm
+    out_dtype = torch.result_type(base, lora)  # in-place products round once, from float32
+    if lora.dtype != out_dtype:
+        lora = lora.to(out_dtype)
+    h = lora.add_(base)
+    if sub is not None:
+        h.sub_(sub)
+    return h.mul_(scale) if residual is None else h.mul_(scale).add_(residual)
 
 
 class NormCache:
@@ -230,8 +263,9 @@ class DoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.weight.dtype)
         base = F.linear(x, self.weight)
-        lora = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
-        return dora_scale(base, lora, self.magnitude, self.weight_norm(), self.scaling, self.bias).to(x.dtype)
+        # s scales the [tokens, r] product, not the [tokens, out] one: B (s x A^T) = s (x A^T) B^T.
+        lora = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A) * self.scaling, self.lora_B)
+        return dora_scale(base, lora, self.magnitude, self.weight_norm(), None, self.bias).to(x.dtype)
 
     def merged_weight(self) -> torch.Tensor:
         """The adapted weight (m / n) * (W0 + s B@A) as one [out, in] tensor, e.g. to fold

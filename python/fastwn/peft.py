@@ -15,15 +15,19 @@ LoRA layer classes) stay on PEFT's path; ``enable`` says which, in one warning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft.tuners.lora.layer import Linear as _PeftLinear
-from peft.tuners.lora.layer import LoraLayer as _PeftLoraLayer
-from peft.tuners.lora.variants import DoraLinearVariant as _PeftDora
+try:
+    from peft.tuners.lora.layer import Linear as _PeftLinear
+    from peft.tuners.lora.layer import LoraLayer as _PeftLoraLayer
+    from peft.tuners.lora.variants import DoraLinearVariant as _PeftDora
+except ImportError as e:  # no PEFT, or one without the variant API (before 0.15)
+    raise ImportError(f"fastwn.peft needs PEFT 0.21 (pip install 'fastwn[peft]'): {e}") from e
 
 from . import HAS_EXTENSION, build_info
 from .dora import NormCache, _use_cache, dora_norm, dora_scale
@@ -34,13 +38,15 @@ _CACHE_ATTR = "_fastwn_norm_cache"  # on PEFT's DoraLinearLayer (lora_magnitude_
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+@functools.cache
 def _devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if HAS_EXTENSION and build_info().get("cuda") else ("cpu",)
 
 
-def _why_not(module, weight) -> str | None:
-    """Why this forward cannot take fastwn's path (None: it can)."""
-    if type(weight) not in (nn.Parameter, torch.Tensor) or hasattr(module.get_base_layer(), "W_q"):
+def _why_not(weight) -> str | None:
+    """Why a forward with this base weight cannot take fastwn's path (None: it can).
+    Checked on every forward: a weight can be swapped after enable."""
+    if type(weight) not in (nn.Parameter, torch.Tensor):
         return f"base weight is a {type(weight).__name__} (quantized or wrapped)"
     if weight.dtype not in _FLOAT_DTYPES or weight.dim() != 2:
         return f"base weight is {weight.dtype} with {weight.dim()} dims"
@@ -73,7 +79,7 @@ class DoraLinearVariant(_PeftDora):
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
         base_layer = module.get_base_layer()
         weight = base_layer.weight
-        if _why_not(module, weight) is not None:
+        if _why_not(weight) is not None:
             return _PeftDora.forward(module, active_adapter, x, result, **kwargs)
         lora_A = module.lora_A[active_adapter]
         lora_B = module.lora_B[active_adapter]
@@ -85,13 +91,13 @@ class DoraLinearVariant(_PeftDora):
         # PEFT's result: result + (m/n - 1) * base + (m/n) * s * lora, where base is x W0^T
         # (result without its bias) or, under dropout, a second matmul on dropout(x).
         if isinstance(dropout, nn.Identity) or not module.training:
-            bias = base_layer.bias
-            base, residual = (result, None) if bias is None else (result - bias, bias)
+            base, sub, residual = result, base_layer.bias, base_layer.bias
         else:
             x = dropout(x)
             base = F.linear(x, w.to(x.dtype))
-            residual = result - base
-        return dora_scale(base, lora_B(lora_A(x)), dora_layer.weight, norm, scaling, residual)
+            sub, residual = None, result - base
+        lora = lora_B(lora_A(x) * scaling)  # s on the [tokens, r] product: B (s x A^T) = s (x A^T) B^T
+        return dora_scale(base, lora, dora_layer.weight, norm, sub, residual)
 
     # The cache is keyed on the weights' memory and versions; PEFT's merge and unmerge
     # swap base weights with `.data =`, which keeps the version, so they clear it.
@@ -140,8 +146,7 @@ def enable(model: nn.Module) -> Enabled:
             for adapter in dora:
                 left[f"{name} [{adapter}]"] = f"{type(module).__name__} layers are not covered"
             continue
-        weight = module.get_base_layer().weight
-        reason = _why_not(module, weight)
+        reason = _why_not(module.get_base_layer().weight)
         for adapter in dora:
             if reason is not None:
                 left[f"{name} [{adapter}]"] = reason
