@@ -141,6 +141,13 @@ def test_dora_norm_bad_input_names_the_argument(case):
             torch.ops.fastwn.dora_norm(*fake, args[3])
 
 
+def test_dora_norm_device_mismatch_names_the_argument():
+    # A meta tensor beside CPU ones: the dispatcher routes to the fake implementation,
+    # which checks devices as the glue does for two real devices (test_errors.py, on a GPU).
+    with pytest.raises(RuntimeError, match="lora_A is on meta but weight is on cpu"):
+        fastwn.dora_norm(torch.randn(3, 4), torch.randn(2, 4, device="meta"), torch.randn(3, 2), 1.0)
+
+
 def test_dora_norm_python_types():
     w, a, b = torch.randn(6, 5), torch.randn(2, 5), torch.randn(6, 2)
     with pytest.raises(TypeError, match="weight must be a Tensor"):

@@ -50,6 +50,10 @@ def test_v_and_g_on_cpu_and_cuda():
         fwd(torch.randn(3, 4), torch.randn(3, device="cuda"), 0, 0.0)
     with pytest.raises(RuntimeError, match="grad_w is on cuda:0 but v is on cpu"):
         bwd(torch.randn(3, 4, device="cuda"), torch.randn(3, 4), torch.randn(3), torch.ones(3), 0, 0.0)
+    with pytest.raises(RuntimeError, match="lora_A is on cpu but weight is on cuda"):
+        fastwn.dora_norm(torch.randn(3, 4, device="cuda"), torch.randn(2, 4), torch.randn(3, 2, device="cuda"), 1.0)
+    with pytest.raises(RuntimeError, match="lora_B is on cuda:0 but weight is on cpu"):
+        fastwn.dora_norm(torch.randn(3, 4), torch.randn(2, 4), torch.randn(3, 2, device="cuda"), 1.0)
 
 
 def test_fake_tensors_get_the_same_checks():
