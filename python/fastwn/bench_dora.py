@@ -229,6 +229,7 @@ def plot(results: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     n = max(len(r["layers"]) for r in results)
     fig, axes = plt.subplots(len(results), 3, figsize=(17, (0.5 * n + 2.5) * len(results)), squeeze=False)
@@ -245,6 +246,8 @@ def plot(results: list[dict], path: str) -> None:
                 ax.axvline(1.0, color="k", lw=0.8)
                 ax.axvline(target, color="k", ls="--", lw=0.8)
                 ax.set_xscale("log")
+                ax.set_xticks([0.5, 1, 2, 4], ["0.5x", "1x", "2x", "4x"])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{result['device']}: {title}")
             ax.set_yticks(ys, [r["case"] for r in rows] if ax is row_axes[0] else [""] * len(rows))
             ax.invert_yaxis()
