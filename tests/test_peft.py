@@ -406,3 +406,48 @@ def test_fsdp2_fully_shard_matches_peft(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---- ported from PEFT's tests/test_dora_bf16_zero_rows.py (peft#2049) ----
+# A zero row of W0 (Llama-3.1-8B's o_proj has 511) gives n = m = 0 at the start, and
+# PEFT 0.21's m / n is 0/0 = NaN. fastwn takes m / n = 0 there (the row has no
+# direction): the output is finite and equals PEFT's on every other row.
+
+class _TinyLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _zero_row_models(dtype, underflow):
+    torch.manual_seed(0)
+    model = _TinyLinear()
+    with torch.no_grad():
+        if underflow:
+            model.proj.weight[:8] = 1e-30  # nonzero in fp32, zero once rounded to bf16/fp16
+        else:
+            model.proj.weight[:8].zero_()
+    model = model.to(dtype)
+    theirs = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], use_dora=True))
+    ours = copy.deepcopy(theirs)
+    fastwn.peft.enable(ours)
+    return theirs, ours
+
+
+@pytest.mark.parametrize("dtype,underflow", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, False),
+                                             (torch.bfloat16, True), (torch.float16, True)])
+def test_zero_rows_do_not_nan(dtype, underflow):
+    theirs, ours = _zero_row_models(dtype, underflow)
+    x = torch.randn(2, 64, dtype=dtype)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        out, ref = ours(x), theirs(x)
+    assert torch.isfinite(out).all()
+    assert (out[:, :8] == 0).all()
+    torch.testing.assert_close(out[:, 8:], ref[:, 8:])
+    ours.train()  # and a training step stays finite
+    ours(x).float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)

@@ -74,13 +74,20 @@ def _token_sums(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.T
     return total
 
 
+def _inverse(norm: torch.Tensor) -> torch.Tensor:
+    """1 / n, and 0 where n = 0: a zero row of W0 + s B@A (Llama-3.1-8B's o_proj has 511
+    of them, and DoRA starts with m = n = 0 there) has no direction, and its output is
+    its residual (bias) rather than PEFT 0.21's 0/0 = NaN (peft#2049)."""
+    return torch.where(norm > 0, norm.reciprocal(), torch.zeros_like(norm))
+
+
 class _DoraScale(torch.autograd.Function):
     """y = residual + (m / n) * (base - sub + lora), m / n broadcast over the last axis.
 
     ``lora`` already carries the LoRA scaling s (applied to the small x A^T). Saves
     h = base - sub + lora, the one activation the magnitude's gradient needs (sum over
-    tokens of grad_y * h / n); n is a constant (detached). base and lora get the same
-    gradient, grad_y * m / n: one tensor when their dtypes agree."""
+    tokens of grad_y * h / n); n is a constant (detached); m / n is 0 where n = 0
+    (_inverse). base and lora get the same gradient, grad_y * m / n."""
 
     @staticmethod
     def forward(ctx, base, lora, magnitude, norm, sub, residual):
@@ -89,9 +96,10 @@ class _DoraScale(torch.autograd.Function):
             h = h.add_(lora) if h.dtype == torch.result_type(h, lora) else h + lora
         # The scale in h's dtype: a float32 scale would promote y, and grad_y with it, to
         # float32 activations on bf16 models (measured: +33 MB on an 11008-wide layer).
-        scale = (magnitude.to(norm.dtype) / norm).to(h.dtype)
+        inv = _inverse(norm)
+        scale = (magnitude.to(norm.dtype) * inv).to(h.dtype)
         y = h * scale if residual is None else torch.addcmul(residual, h, scale)
-        ctx.save_for_backward(h, scale, norm)
+        ctx.save_for_backward(h, scale, inv)
         ctx.dtypes = (base.dtype, lora.dtype, magnitude.dtype)
         ctx.sub_shape = None if sub is None else sub.shape
         ctx.residual_shape = None if residual is None else residual.shape
@@ -99,7 +107,7 @@ class _DoraScale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        h, scale, norm = ctx.saved_tensors
+        h, scale, inv = ctx.saved_tensors
         base_dtype, lora_dtype, m_dtype = ctx.dtypes
         need_base, need_lora, need_m, _, need_sub, need_residual = ctx.needs_input_grad
         grad_base = grad_lora = grad_m = grad_sub = grad_residual = None
@@ -110,7 +118,7 @@ class _DoraScale(torch.autograd.Function):
             if need_sub:
                 grad_sub = -_reduce_to(grad_h, ctx.sub_shape)
         if need_m:
-            grad_m = (_token_sums(grad_y, h, norm.dtype) / norm).to(m_dtype)
+            grad_m = (_token_sums(grad_y, h, inv.dtype) * inv).to(m_dtype)
         if need_residual:
             grad_residual = _reduce_to(grad_y, ctx.residual_shape)
         return grad_base, grad_lora, grad_m, None, grad_sub, grad_residual
@@ -134,7 +142,7 @@ def dora_scale(base: torch.Tensor, lora: torch.Tensor, magnitude: torch.Tensor, 
         t is not None and t.requires_grad for t in (base, lora, magnitude, sub, residual))
     if needs_grad or torch.compiler.is_compiling():
         return _DoraScale.apply(base, lora, magnitude, norm, sub, residual)
-    scale = magnitude.to(norm.dtype) / norm
+    scale = magnitude.to(norm.dtype) * _inverse(norm)
     out_dtype = torch.result_type(base, lora)  # in-place products round once, from float32
     if lora.dtype != out_dtype:
         lora = lora.to(out_dtype)
