@@ -322,15 +322,19 @@ def _train_step(model, x):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
+def _worker_model():
+    torch.set_num_threads(1)
+    model = dora_model()
+    fastwn.peft.enable(model)
+    return model
+
+
 def _ddp_worker(rank, world, x, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
     dist = _init(rank, world, out_dir)
     try:
-        torch.set_num_threads(1)
-        model = dora_model()
-        fastwn.peft.enable(model)
-        ddp = DistributedDataParallel(model)
+        ddp = DistributedDataParallel(_worker_model())
         grads = _train_step(ddp, x.chunk(world)[rank])
         torch.save({k.removeprefix("module."): g for k, g in grads.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
@@ -344,9 +348,7 @@ def _fsdp_worker(rank, world, x, out_dir):
 
     dist = _init(rank, world, out_dir)
     try:
-        torch.set_num_threads(1)
-        model = dora_model()
-        fastwn.peft.enable(model)
+        model = _worker_model()
         for layer in (model.base_model.model.a, model.base_model.model.b):
             fully_shard(layer)
         fully_shard(model)

@@ -107,8 +107,6 @@ __global__ void __launch_bounds__(kBlock) finish_columns_kernel(const A* __restr
   norm[c] = sqrt(total);
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Row slices for the per-column mode: enough blocks for two waves on `sms` SMs, each
 // slice at least kSliceRows rows long.
 int64_t column_slices(const LowRankNormParams& p, int sms) {

@@ -237,14 +237,19 @@ def _write(args, argv, rows, plot) -> None:
     print(f"wrote {args.json} and {png}", file=sys.stderr)
 
 
-def _main_models(args, argv) -> int:
-    from . import bench_models
-
+def _devices(args) -> list[str]:
+    """The devices --device names, less CUDA where there is no GPU or no CUDA build."""
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if not torch.cuda.is_available() or not fastwn.build_info().get("cuda"):
         devices = [d for d in devices if d != "cuda"]
+    return devices
+
+
+def _main_models(args, argv) -> int:
+    from . import bench_models
+
     rows = []
-    for device in devices:
+    for device in _devices(args):
         rows += bench_models.run(device, args.reps, not args.no_compile)
     print(bench_models.format_table(rows))
     _write(args, argv, rows, bench_models.plot)
@@ -254,11 +259,8 @@ def _main_models(args, argv) -> int:
 def _main_dora(args, argv) -> int:
     from . import bench_dora
 
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if not torch.cuda.is_available() or not fastwn.build_info().get("cuda"):
-        devices = [d for d in devices if d != "cuda"]
     rows = []
-    for device in devices:
+    for device in _devices(args):
         print(f"[{device}]", file=sys.stderr, flush=True)
         result = bench_dora.run(device, min(args.reps, 7), args.quick,
                                 progress=lambda line: print(line, file=sys.stderr, flush=True))

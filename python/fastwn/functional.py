@@ -12,9 +12,9 @@ from . import _composite
 _fwd = None
 
 
-def _check_tensor(t, arg: str) -> None:
+def _check_tensor(t, arg: str, fn: str = "fastwn.weight_norm") -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"fastwn.weight_norm: {arg} must be a Tensor, got {type(t).__name__}")
+        raise TypeError(f"{fn}: {arg} must be a Tensor, got {type(t).__name__}")
 
 
 def _as_dim(dim) -> int:

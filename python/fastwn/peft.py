@@ -30,7 +30,7 @@ except ImportError as e:  # no PEFT, or one without the variant API (before 0.15
     raise ImportError(f"fastwn.peft needs PEFT 0.21 (pip install 'fastwn[peft]'): {e}") from e
 
 from . import HAS_EXTENSION, build_info
-from .dora import NormCache, _use_cache, dora_norm, dora_scale
+from .dora import NormCache, dora_scale
 
 __all__ = ["enable", "disable", "Enabled", "DoraLinearVariant"]
 
@@ -60,10 +60,7 @@ def _cached_norm(dora_layer, key, weight, lora_A, lora_B, scaling, training: boo
     if cache is None:
         cache = NormCache()
         dora_layer.__dict__[_CACHE_ATTR] = cache
-    if not _use_cache(training):
-        cache.clear()
-        return dora_norm(weight, lora_A, lora_B, scaling)
-    return cache.norm(key, weight, lora_A, lora_B, scaling)
+    return cache.norm(key, weight, lora_A, lora_B, scaling, training)
 
 
 def _clear_cache(module, adapter: str) -> None:
