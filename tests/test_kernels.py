@@ -11,11 +11,12 @@ import fastwn
 
 # (shape, dim): None/-1 whole tensor, first, middle, last (as a positive index: -1 is
 # "whole" by PyTorch's rule), negative; odd sizes 1, 7, 33, 1000+; long rows that take
-# the split-reduction path; many short columns; channel-like 4-D shapes.
+# the split-reduction path; many short columns; enough 130-wide rows that the column
+# reduction prefetches rows ahead (csrc/cpu/kernels.cpp, plan_columns); channel-like 4-D shapes.
 CASES = [
     ((7,), 0), ((1,), None), ((33,), -1),
     ((33, 7), 0), ((33, 7), 1), ((33, 7), None), ((33, 7), -2),
-    ((1, 1000), 0), ((1000, 3), 1), ((1031, 17), 1),
+    ((1, 1000), 0), ((1000, 3), 1), ((1031, 17), 1), ((2000, 130), 1),
     ((7, 33, 5), 1), ((7, 33, 5), 2), ((7, 33, 5), 0), ((7, 33, 5), -3), ((7, 33, 5), -1),
     ((3, 40001), 0), ((2, 3, 30011), 1), ((40003,), None),
     ((2, 17, 1500), 1), ((200, 9, 31), 2), ((6, 5, 3, 3), 0), ((6, 5, 3, 3), 1), ((6, 5, 3, 3), 3),
@@ -156,7 +157,7 @@ def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
 
 def test_results_do_not_depend_on_thread_count(isa):
     gen = torch.Generator().manual_seed(5)
-    cases = [((512, 700), 0), ((700, 512), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]
+    cases = [((512, 700), 0), ((700, 512), 1), ((4000, 130), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]
     old = torch.get_num_threads()
     try:
         for shape, dim in cases:

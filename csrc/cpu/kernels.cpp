@@ -33,6 +33,13 @@ inline void st_out(const V& v, T* p, int64_t n, bool stream) {
   else st(v, p, n);
 }
 
+// Asks for the cache lines of p[0, n) ahead of their use (a hint: it never faults).
+template <class T>
+inline void prefetch_range(const T* p, int64_t n) {
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) __builtin_prefetch(b + k);
+}
+
 // The divisor of g: max(norm, eps), the norm first rounded to T for bf16/fp16 (see
 // kernels.h: so that g = ||v|| as stored scales v by exactly 1). A norm beyond T's range
 // is used unrounded.
@@ -70,6 +77,8 @@ struct FwdOp {
   bool round_scale;  // kernels.h: PyTorch's composite rounding for bf16/fp16
   bool stream;  // non-temporal stores for w
 
+  static constexpr int kStreams = 1;  // tensors the reduction reads
+  void prefetch(int64_t i, int64_t n) const { prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const {
     const V x = ld<V>(v + i, c);
     return fma(x, x, a);
@@ -104,6 +113,8 @@ struct BwdOp {
   A* coef_b;  // workspace [D]
   bool stream;  // non-temporal stores for grad_v
 
+  static constexpr int kStreams = 2;
+  void prefetch(int64_t i, int64_t n) const { prefetch_range(gw + i, n), prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   void finish(int64_t d, A dot) const {
     const A n = norm[d];
@@ -157,25 +168,42 @@ typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
 }
 
 // acc[j] += the terms of elements off + r * stride + j for r in [0, rows), j in [0, n):
-// the column reduction. Up to kColumnRows rows share one load and store of the
+// the column reduction of one group of rows. The rows share one load and store of the
 // accumulators; the FMAs still chain in row order, so the sums are those of a
-// row-by-row loop, bit for bit. The rows are that many strided streams; how many the
-// prefetcher follows depends on the machine. Reduction alone, 1 thread, fp32:
-// - Zen 5 VM, (768,48,128) dim=2 from cache: 4 rows 621 us, 8 rows 460, 16 rows 389,
-//   32 rows 750;
-// - Zen 3 VM (about 6 GB/s from memory per core), kernel_probe, three runs each:
-//   (768,48,128) dim=2: 8 rows 1.9-3.2 ms, 16 rows 3.6-3.7; (4096,4096) dim=1: 8 rows
-//   5.9-6.9 ms, 16 rows 8.7-10.3, 1 row 11.4-13.3.
-// 8 is within 20% of the best on both.
-constexpr int64_t kColumnRows = 8;
+// row-by-row loop, bit for bit, whatever the grouping. Before it starts, the group
+// `ahead` rows further on is prefetched (ahead = 0: none; see ColumnPlan).
 template <class Op>
-void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
+void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc,
+                    int64_t ahead) {
   using V = typename Op::V;
+  if (ahead > 0)
+    for (int64_t r = ahead; r < ahead + rows; ++r) op.prefetch(off + r * stride, n);
   for_chunks<V>(n, [&](int64_t j, int64_t c) {
     V a = ld<V>(acc + j, c);
     for (int64_t r = 0; r < rows; ++r) a = op.acc(a, off + r * stride + j, c);
     st(a, acc + j, c);
   });
+}
+
+// How many rows the column reduction takes per pass over its accumulators, and how far
+// ahead it prefetches. Long rows (at least a page per input) are streams the hardware
+// prefetcher follows: 8 rows per pass, no software prefetch. Short rows are not (a
+// stream ends before the prefetcher has ramped up), so those groups ask for the rows
+// about 4 KiB ahead themselves, and a group spans about 1 KiB of each input: fewer,
+// longer streams in flight. Zen 3 VM, kernel_probe, medians of 15 rounds that alternate
+// with the former 8 rows and no prefetch (ms, former -> this):
+//   (36864, 128) columns, 1 thread: fp32 fwd 6.2 -> 5.1, bwd 10.5 -> 7.9;
+//     bf16 fwd 3.5 -> 3.1, bwd 5.0 -> 4.3; 2 threads: fp32 fwd 3.5 -> 3.0, bwd 6.6 -> 5.2;
+//   (9216, 512) columns, 1 thread: fp32 fwd 5.2 -> 4.6, bf16 bwd 7.5 -> 5.5.
+// (4096, 4096) columns keep 8 rows: 1 row per pass took 1.9x as long there (16 KiB of
+// accumulators compete with the stream for L1), and prefetching 8 rows ahead 1.3-1.5x.
+struct ColumnPlan {
+  int64_t rows, ahead;
+};
+ColumnPlan plan_columns(int64_t row_bytes, int streams) {
+  constexpr int64_t kPage = 4096, kGroupBytes = 1024;
+  if (row_bytes >= kPage) return {8, 0};
+  return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), int64_t(8)), ceil_div(kPage, row_bytes)};
 }
 
 template <class Op>
@@ -256,8 +284,13 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        for (int64_t o = o0; o < o1; o += kColumnRows)
-          reduce_columns(op, o * D + d0, D, std::min(kColumnRows, o1 - o), d1 - d0, acc + d0);
+        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams);
+        for (int64_t o = o0; o < o1; o += cp.rows) {
+          const int64_t rows = std::min(cp.rows, o1 - o);
+          // Prefetch only rows this task reads: never past the tensor's end.
+          const int64_t ahead = o + cp.ahead + rows <= o1 ? cp.ahead : 0;
+          reduce_columns(op, o * D + d0, D, rows, d1 - d0, acc + d0, ahead);
+        }
       } else {
         for (int64_t o = o0; o < o1; ++o)
           for (int64_t d = d0; d < d1; ++d) acc[d] += reduce(op, (o * D + d) * inner + i0, i1 - i0);
