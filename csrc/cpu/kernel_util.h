@@ -27,6 +27,14 @@ inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// The vector a kernel over storage type T computes with: Vec<acc_t<T>>, except bf16
+// where vec.h has a wider one (VecBf16, AVX2).
+template <class T> struct VecOf { using type = Vec<acc_t<T>>; };
+#ifdef FASTWN_VEC_BF16
+template <> struct VecOf<bf16_t> { using type = VecBf16; };
+#endif
+template <class T> using vec_t = typename VecOf<T>::type;
+
 // f(T{}) with T the storage type of `dtype`.
 template <class F>
 void visit_dtype(DType dtype, F&& f) {

@@ -66,7 +66,7 @@ A divisor(A n, A eps) {
 template <class T>
 struct FwdOp {
   using A = acc_t<T>;
-  using V = Vec<A>;
+  using V = vec_t<T>;
   struct Coef { V s; };
   const T* v;
   const T* g;
@@ -100,7 +100,7 @@ struct FwdOp {
 template <class T>
 struct BwdOp {
   using A = acc_t<T>;
-  using V = Vec<A>;
+  using V = vec_t<T>;
   struct Coef { V a, b; };
   const T* gw;
   const T* v;
