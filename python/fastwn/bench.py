@@ -25,12 +25,14 @@ import fastwn
 
 from ._timing import median_times
 
-# (shape, dim, label): the shapes, plus a last-axis case for the column path.
+# (shape, dim, label): the shapes, plus last-axis cases for the column path, large
+# and small.
 CASES = [
     ((4096, 4096), 0, "linear 4096x4096"),
     ((4096, 4096), 1, "linear 4096x4096 dim=1"),
     ((11008, 4096), 0, "mlp 11008x4096"),
     ((1024, 1024), 0, "linear 1024x1024"),
+    ((1024, 1024), 1, "linear 1024x1024 dim=1"),
     ((256, 256, 3, 3), 0, "conv2d 256x256x3x3"),
     ((512, 512, 3), 0, "conv1d 512x512x3"),
     ((768, 48, 128), 2, "wav2vec2 pos-conv dim=2"),
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=15, help="timed runs per measurement (median reported)")
     p.add_argument("--budget", type=float, default=4.0, help="seconds per group of measurements before stopping early (min 3 runs)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads in each benchmark process (default: torch's own choice)")
     p.add_argument("--json", metavar="PATH", help="write every number, with machine and versions, to PATH "
                    "(and a PNG plot beside it)")
     p.add_argument("--models", action="store_true", help="whole models (training step, inference) instead of the op")
@@ -189,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alloc", choices=list(ALLOCATORS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     if args.child_out:
         _child(args)
         return 0
@@ -217,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 cmd = [sys.executable, "-m", "fastwn", "bench", "--device", device, "--alloc", alloc,
                        "--child-out", out.name, "--reps", str(args.reps), "--budget", str(args.budget),
-                       "--dtypes", *args.dtypes] + (["--quick"] if args.quick else [])
+                       "--dtypes", *args.dtypes] + (["--quick"] if args.quick else []) \
+                    + (["--threads", str(args.threads)] if args.threads is not None else [])
                 subprocess.run(cmd, env=env, check=True)
                 rows += json.load(open(out.name))
     print(format_table(rows))
