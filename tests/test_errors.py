@@ -118,3 +118,11 @@ def test_require_extension_turns_the_fallback_into_an_error():
     r = _run(_FAKE_MISMATCH, FASTWN_REQUIRE_EXTENSION="1")
     assert r.returncode != 0
     assert "ImportError" in r.stderr and "FASTWN_REQUIRE_EXTENSION=1" in r.stderr
+
+
+def test_bench_rejects_a_thread_count_below_one(capsys):
+    from fastwn import bench
+
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--threads", "0"])
+    assert e.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err

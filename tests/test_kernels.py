@@ -11,8 +11,8 @@ import fastwn
 
 # (shape, dim): None/-1 whole tensor, first, middle, last (as a positive index: -1 is
 # "whole" by PyTorch's rule), negative; odd sizes 1, 7, 33, 1000+; long rows that take
-# the split-reduction path; many short columns; enough 130-wide rows that the column
-# reduction prefetches rows ahead (csrc/cpu/kernels.cpp, plan_columns); channel-like 4-D shapes.
+# the split-reduction path; many short columns; 2000 rows of columns that one task sums in
+# blocks (csrc/cpu/kernels.cpp, kSumRows); channel-like 4-D shapes.
 CASES = [
     ((7,), 0), ((1,), None), ((33,), -1),
     ((33, 7), 0), ((33, 7), 1), ((33, 7), None), ((33, 7), -2),
@@ -157,7 +157,7 @@ def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
 
 def test_results_do_not_depend_on_thread_count(isa):
     gen = torch.Generator().manual_seed(5)
-    cases = [((512, 700), 0), ((700, 512), 1), ((4000, 130), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]
+    cases = [((512, 700), 0), ((700, 512), 1), ((8200, 130), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]
     old = torch.get_num_threads()
     try:
         for shape, dim in cases:
@@ -204,13 +204,13 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
-@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("shape,dim", [((2051, 2053), 0), ((2051, 2053), 1), ((17000, 130), 1)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_large_outputs(isa, device, dtype, dim, layout):
-    """Large outputs, odd sizes and an offset view. (Non-temporal stores, which the glue
-    picks only for resident outputs larger than the last-level cache, are tested on the
-    kernels directly: test_cpp_kernels.py.)"""
-    shape = (2051, 2053)  # 4.2M elements
+def test_large_outputs(isa, device, dtype, shape, dim, layout):
+    """Large outputs, odd sizes and an offset view; (17000, 130) columns are over 4 MiB in
+    every dtype, so the column reduction prefetches rows ahead (plan_columns). (Non-temporal
+    stores, which the glue picks only for resident outputs larger than the last-level cache,
+    are tested on the kernels directly: test_cpp_kernels.py.)"""
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, layout, gen, device)
     check_forward_backward(v, g_for(v, dim, gen), dim)

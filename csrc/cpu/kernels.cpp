@@ -21,6 +21,14 @@ namespace {
 constexpr int64_t kRowCacheBytes = int64_t(1) << 20;
 constexpr int64_t kPiece = 16384;        // elements per reduction piece of a long segment
 constexpr int64_t kTargetTasks = 64;     // reduction tasks to aim for (load balance)
+// Elements per column-reduction task below 64 tasks: every task adds a row of partial
+// sums to write and to add up, and a small tensor gains nothing from more tasks than
+// threads. (1024, 1024) columns fp32, 2 threads, Zen 3 VM: 64 tasks 0.233 ms, 4 tasks 0.174.
+constexpr int64_t kReduceGrain = 262144;
+// A column task sums its rows this many at a time before adding them to its partial
+// sums: the longest chain of serial adds, which bounds the rounding error, is then this
+// plus the task's blocks, however many rows a task has.
+constexpr int64_t kSumRows = 32;
 constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16 of v
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
@@ -188,22 +196,32 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 // How many rows the column reduction takes per pass over its accumulators, and how far
 // ahead it prefetches. Long rows (at least a page per input) are streams the hardware
 // prefetcher follows: 8 rows per pass, no software prefetch. Short rows are not (a
-// stream ends before the prefetcher has ramped up), so those groups ask for the rows
-// about 4 KiB ahead themselves, and a group spans about 1 KiB of each input: fewer,
-// longer streams in flight. Zen 3 VM, kernel_probe, medians of 15 rounds that alternate
-// with the former 8 rows and no prefetch (ms, former -> this):
+// stream ends before the prefetcher has ramped up), so when they come from beyond the
+// L2 (inputs over 4 MiB), each group asks for the rows about 4 KiB ahead itself, and a
+// group spans about 1 KiB of each input: fewer, longer streams in flight. Zen 3 VM,
+// kernel_probe, medians of 15 rounds that alternate with 8 rows and no prefetch (ms,
+// that -> this):
 //   (36864, 128) columns, 1 thread: fp32 fwd 6.2 -> 5.1, bwd 10.5 -> 7.9;
 //     bf16 fwd 3.5 -> 3.1, bwd 5.0 -> 4.3; 2 threads: fp32 fwd 3.5 -> 3.0, bwd 6.6 -> 5.2;
 //   (9216, 512) columns, 1 thread: fp32 fwd 5.2 -> 4.6, bf16 bwd 7.5 -> 5.5.
-// (4096, 4096) columns keep 8 rows: 1 row per pass took 1.9x as long there (16 KiB of
-// accumulators compete with the stream for L1), and prefetching 8 rows ahead 1.3-1.5x.
+// A tensor that stays in cache between calls gains nothing from either and pays for the
+// accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads, 0.218 ms with
+// 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows: 1 row per pass took 1.9x as
+// long there (16 KiB of accumulators compete with the stream for L1), and prefetching 8
+// rows ahead 1.3-1.5x.
 struct ColumnPlan {
   int64_t rows, ahead;
 };
-ColumnPlan plan_columns(int64_t row_bytes, int streams) {
-  constexpr int64_t kPage = 4096, kGroupBytes = 1024;
-  if (row_bytes >= kPage) return {8, 0};
+ColumnPlan plan_columns(int64_t row_bytes, int streams, int64_t input_bytes) {
+  constexpr int64_t kPage = 4096, kGroupBytes = 1024, kCacheResident = int64_t(4) << 20;
+  if (row_bytes >= kPage || input_bytes <= kCacheResident) return {8, 0};
   return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), int64_t(8)), ceil_div(kPage, row_bytes)};
+}
+
+// acc[j] += x[j] for j in [0, n).
+template <class V, class A>
+void add_into(A* acc, const A* x, int64_t n) {
+  for_chunks<V>(n, [&](int64_t j, int64_t c) { st(ld<V>(acc + j, c) + ld<V>(x + j, c), acc + j, c); });
 }
 
 template <class Op>
@@ -241,9 +259,11 @@ struct ReducePlan {
 
 ReducePlan plan_reduction(const Shape3& s) {
   ReducePlan r;
+  const int64_t tasks =
+      s.inner == 1 ? std::clamp(ceil_div(s.numel(), kReduceGrain), int64_t(1), kTargetTasks) : kTargetTasks;
   r.P = ceil_div(s.inner, kPiece);
-  r.C = std::clamp(ceil_div(kTargetTasks, r.P), int64_t(1), std::max(int64_t(1), s.outer / kMinChunkRows));
-  r.NB = std::clamp(ceil_div(kTargetTasks, r.C * r.P), int64_t(1), s.D);
+  r.C = std::clamp(ceil_div(tasks, r.P), int64_t(1), std::max(int64_t(1), s.outer / kMinChunkRows));
+  r.NB = std::clamp(ceil_div(tasks, r.C * r.P), int64_t(1), s.D);
   if (s.inner == 1) {
     // Column blocks: wide enough to vectorise well, narrow enough to stay in cache.
     r.NB = std::clamp(r.NB, ceil_div(s.D, kColumnBlock), std::max(int64_t(1), s.D / 64));
@@ -284,12 +304,18 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams);
-        for (int64_t o = o0; o < o1; o += cp.rows) {
-          const int64_t rows = std::min(cp.rows, o1 - o);
-          // Prefetch only rows this task reads: never past the tensor's end.
-          const int64_t ahead = o + cp.ahead + rows <= o1 ? cp.ahead : 0;
-          reduce_columns(op, o * D + d0, D, rows, d1 - d0, acc + d0, ahead);
+        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams, N * elem_bytes);
+        A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
+        for (int64_t ob = o0; ob < o1; ob += kSumRows) {
+          const int64_t ob1 = std::min(o1, ob + kSumRows);
+          std::fill(block, block + (d1 - d0), A(0));
+          for (int64_t o = ob; o < ob1; o += cp.rows) {
+            const int64_t rows = std::min(cp.rows, ob1 - o);
+            // Prefetch only rows this task reads: never past the tensor's end.
+            const int64_t ahead = o + cp.ahead + rows <= o1 ? cp.ahead : 0;
+            reduce_columns(op, o * D + d0, D, rows, d1 - d0, block, ahead);
+          }
+          add_into<typename Op::V>(acc + d0, block, d1 - d0);
         }
       } else {
         for (int64_t o = o0; o < o1; ++o)
