@@ -1,4 +1,4 @@
-// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]
+// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]   (DTYPE: f32, bf16 or f16)
 // Built by tests/cpp's CMake project on request:
 //   cmake -S tests/cpp -B build/probe && cmake --build build/probe --target kernel_probe
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
@@ -45,13 +45,13 @@ double median_us(int reps, F f) {
 
 int main(int argc, char** argv) {
   if (argc < 7) {
-    std::fprintf(stderr, "usage: kernel_probe scalar|avx2|avx512 f32|bf16 OUTER D INNER REPS [fwd|bwd|mul|sum]\n");
+    std::fprintf(stderr, "usage: kernel_probe scalar|avx2|avx512 f32|bf16|f16 OUTER D INNER REPS [fwd|bwd|mul|sum]\n");
     return 2;
   }
   const std::string isa = argv[1], dt = argv[2], what = argc > 7 ? argv[7] : "fwd";
   const Shape3 s{std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5])};
   const int reps = std::atoi(argv[6]);
-  const DType t = dt == "bf16" ? DType::bf16 : DType::f32;
+  const DType t = dt == "bf16" ? DType::bf16 : dt == "f16" ? DType::f16 : DType::f32;
   const size_t es = t == DType::f32 ? 4 : 2, n = size_t(s.numel()), D = size_t(s.D);
   std::vector<unsigned char> v(n * es), gw(n * es), out(n * es), g(D * es), gout(D * es);
   std::vector<float> norm(D), fv(n), fg(D), fo(n);
@@ -61,7 +61,11 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < buf.size() / es; ++i) {
       const float x = 0.5f + float(rng() % 1000) / 1000.f;
       if (es == 4) std::memcpy(&buf[i * 4], &x, 4);
-      else std::memcpy(&buf[i * 2], reinterpret_cast<const unsigned char*>(&x) + 2, 2);  // bf16: the top half
+      else if (t == DType::bf16) std::memcpy(&buf[i * 2], reinterpret_cast<const unsigned char*>(&x) + 2, 2);  // the top half
+      else {
+        const _Float16 h = _Float16(x);
+        std::memcpy(&buf[i * 2], &h, 2);
+      }
     }
   };
   fill(v), fill(gw), fill(g);
