@@ -32,10 +32,6 @@ constexpr int64_t kSumRows = 32;
 constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16 of v
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
-// Inputs of at most this many bytes are taken to stay in the caches between calls (two
-// cores' L2 and the L3 on the machines measured): the prefetching and overlapping that
-// pay off for streams from memory only cost there (fused_rows, plan_columns).
-constexpr int64_t kCacheResident = int64_t(4) << 20;
 
 // st for an op's output: streamed when the op streams and the chunk is a full, aligned vector.
 template <class V, class T>
@@ -201,7 +197,7 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 // ahead it prefetches. Long rows (at least a page per input) are streams the hardware
 // prefetcher follows: 8 rows per pass, no software prefetch. Short rows are not (a
 // stream ends before the prefetcher has ramped up), so when they come from beyond the
-// caches (inputs over kCacheResident), each group asks for the rows 4 KiB ahead itself, and a
+// L2 (inputs over 4 MiB), each group asks for the rows about 4 KiB ahead itself, and a
 // group spans about 1 KiB of each input: fewer, longer streams in flight. Zen 3 VM,
 // kernel_probe, medians of 15 rounds that alternate with 8 rows and no prefetch (ms,
 // that -> this):
@@ -216,9 +212,9 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 struct ColumnPlan {
   int64_t rows, ahead;
 };
-ColumnPlan plan_columns(int64_t row_bytes, int streams, bool cached) {
-  constexpr int64_t kPage = 4096, kGroupBytes = 1024;
-  if (row_bytes >= kPage || cached) return {8, 0};
+ColumnPlan plan_columns(int64_t row_bytes, int streams, int64_t input_bytes) {
+  constexpr int64_t kPage = 4096, kGroupBytes = 1024, kCacheResident = int64_t(4) << 20;
+  if (row_bytes >= kPage || input_bytes <= kCacheResident) return {8, 0};
   return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), int64_t(8)), ceil_div(kPage, row_bytes)};
 }
 
@@ -239,20 +235,11 @@ void apply_columns(Op op, int64_t off, int64_t n, int64_t d0) {
   for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c)); });
 }
 
-// Rows [b, e) of length n, each reduced and then rescaled while it is in cache. With
-// `overlap`, row d + 1 is reduced in the loop that rescales row d, so reads from memory
-// overlap the stores, as in a copy. From cache the extra streams only cost: Zen 3 VM,
-// 2 threads, 31 interleaved rounds, backward (1024, 1024) fp32 0.244 ms overlapped,
-// 0.199 ms not (torch 0.250); (512, 512, 3) 0.185 and 0.155 (torch 0.188). The forward
-// is the same either way there; from memory, overlapping is 2-8 % faster in both
-// ((4096, 4096), (64, 262144), (11008, 4096) fp32).
+// Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
+// d + 1 is reduced in the loop that rescales row d.
 template <class Op>
-void fused_rows(Op op, int64_t b, int64_t e, int64_t n, bool overlap) {
+void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
   if (b >= e) return;
-  if (!overlap) {
-    for (int64_t d = b; d < e; ++d) op.finish(d, reduce(op, d * n, n)), apply(op, d * n, n, d);
-    return;
-  }
   op.finish(b, reduce(op, b * n, n));
   for (int64_t d = b; d + 1 < e; ++d) {
     const auto k = op.coef(d);
@@ -291,7 +278,6 @@ template <class Op>
 void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   using A = typename Op::A;
   const int64_t D = s.D, inner = s.inner, N = s.numel();
-  const bool cached = N * elem_bytes <= kCacheResident;
   if (D == 0) return;
   if (N == 0) {  // every slice is empty: norm 0
     for (int64_t d = 0; d < D; ++d) op.finish(d, A(0));
@@ -300,7 +286,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
 
   if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
     auto rows = [&](int64_t b, int64_t e) {
-      fused_rows(op, b, e, inner, !cached);
+      fused_rows(op, b, e, inner);
       fence();
     };
     parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);
@@ -318,7 +304,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams, cached);
+        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams, N * elem_bytes);
         A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
         for (int64_t ob = o0; ob < o1; ob += kSumRows) {
           const int64_t ob1 = std::min(o1, ob + kSumRows);
