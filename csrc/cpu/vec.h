@@ -1,5 +1,6 @@
 // Vec<A>: a SIMD register of A (float or double) lanes, loaded from and stored to the
-// storage types (float, double, bf16, fp16) with conversion. The implementation is
+// storage types (float, double, bf16, fp16) with conversion; on AVX2, bf16 is written
+// through VecBf16, two registers wide (kernel_util.h's vec_t picks it). The implementation is
 // picked by the flags of the translation unit that includes this header (see
 // CMakeLists.txt: kernels.cpp is compiled once per ISA); everything lives in the
 // namespace FASTWN_ISA so that inline code built with AVX-512 flags can never be the
@@ -162,14 +163,10 @@ inline __m256i round_bf16(__m256 x) {
   __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
 }
-inline __m128i cvt_bf16(__m256 x) {
-  const __m256i r = round_bf16(x);
-  // packus works within 128-bit lanes; gather the two halves' low quadwords.
-  __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-  return _mm256_castsi256_si128(packed);
-}
 constexpr int kRoundNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
+// On AVX2, Vec<float> reads bf16 (low_rank_norm's W0) but does not write it: kernels
+// that write bf16 compute in VecBf16 (below), the one AVX2 bf16 rounding.
 template <> struct Vec<float> {
   using A = float;
   static constexpr int64_t W = 8;
@@ -184,11 +181,9 @@ template <> struct Vec<float> {
   static Vec load(const f16_t* p) { return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p))}; }
   template <class T> static Vec load(const T* p, int64_t n) { return load_partial<Vec>(p, n); }
   void store(float* p) const { _mm256_storeu_ps(p, x); }
-  void store(bf16_t* p) const { _mm_storeu_si128((__m128i*)p, cvt_bf16(x)); }
   void store(f16_t* p) const { _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(x, kRoundNearest)); }
   template <class T> void store(T* p, int64_t n) const { store_partial(*this, p, n); }
   void stream(float* p) const { _mm256_stream_ps(p, x); }
-  void stream(bf16_t* p) const { _mm_stream_si128((__m128i*)p, cvt_bf16(x)); }
   void stream(f16_t* p) const { _mm_stream_si128((__m128i*)p, _mm256_cvtps_ph(x, kRoundNearest)); }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
