@@ -12,11 +12,13 @@ import fastwn
 # (shape, dim): None/-1 whole tensor, first, middle, last (as a positive index: -1 is
 # "whole" by PyTorch's rule), negative; odd sizes 1, 7, 33, 1000+; long rows that take
 # the split-reduction path; many short columns; 2000 rows of columns that one task sums in
-# blocks (csrc/cpu/kernels.cpp, kSumRows); channel-like 4-D shapes.
+# blocks (csrc/cpu/kernels.cpp, kSumRows); columns whose rows are a multiple of 4 KiB
+# apart in every dtype, which the reduction groups fewer at a time (plan_columns);
+# channel-like 4-D shapes.
 CASES = [
     ((7,), 0), ((1,), None), ((33,), -1),
     ((33, 7), 0), ((33, 7), 1), ((33, 7), None), ((33, 7), -2),
-    ((1, 1000), 0), ((1000, 3), 1), ((1031, 17), 1), ((2000, 130), 1),
+    ((1, 1000), 0), ((1000, 3), 1), ((1031, 17), 1), ((2000, 130), 1), ((70, 2048), 1),
     ((7, 33, 5), 1), ((7, 33, 5), 2), ((7, 33, 5), 0), ((7, 33, 5), -3), ((7, 33, 5), -1),
     ((3, 40001), 0), ((2, 3, 30011), 1), ((40003,), None),
     ((2, 17, 1500), 1), ((200, 9, 31), 2), ((6, 5, 3, 3), 0), ((6, 5, 3, 3), 1), ((6, 5, 3, 3), 3),

@@ -127,7 +127,10 @@ int main(int argc, char** argv) {
   };
   double us = 0;
   if (what == "fwd") us = median_us(reps, fwd);
-  else if (what == "bwd") us = median_us(reps, bwd);
+  else if (what == "bwd") {
+    fwd();  // the norms the backward reads (zeros would make every coefficient inf or NaN)
+    us = median_us(reps, bwd);
+  }
   else if (what == "mul") us = median_us(reps, mul);
   else us = median_us(reps, sum);
   const double bytes = double(n) * (what == "sum" ? 4 : what == "mul" ? 8 : what == "bwd" ? 3 * es : 2 * es);

@@ -8,6 +8,7 @@
 // count, so results are bit-identical whatever torch.set_num_threads says.
 #include <algorithm>
 #include <memory>
+#include <numeric>
 #include <type_traits>
 
 #include "../kernels.h"
@@ -209,13 +210,25 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 // 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows: 1 row per pass took 1.9x as
 // long there (16 KiB of accumulators compete with the stream for L1), and prefetching 8
 // rows ahead 1.3-1.5x.
+// A group must also fit the L1's ways. Each chunk loads one line from each row of the
+// group and input; rows whose stride is a multiple of 4 KiB (the L1's sets times its line:
+// 64 x 64 B on Zen 3 and Skylake alike) land in one set, whose 8 ways then cannot hold
+// every line until its second chunk. So at most 8 such lines per set: with a stride period
+// of p rows (rows before the set repeats), rows <= p * (8 / streams). kernel_probe, Zen 3
+// VM, 1 thread, medians of 15 alternating rounds: (1024, 1024) columns fp32 backward
+// (2 inputs: 16 lines per set at 8 rows) 1.29 ms -> 0.71 ms at 4 rows; at (1024, 1000)
+// columns, whose rows spread over the sets, 8 rows take 0.76 ms. A forward at 16 rows
+// (16 lines) took 1.6-2.2x as long as at 8.
 struct ColumnPlan {
   int64_t rows, ahead;
 };
-ColumnPlan plan_columns(int64_t row_bytes, int streams, int64_t input_bytes) {
+ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes) {
   constexpr int64_t kPage = 4096, kGroupBytes = 1024, kCacheResident = int64_t(4) << 20;
-  if (row_bytes >= kPage || input_bytes <= kCacheResident) return {8, 0};
-  return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), int64_t(8)), ceil_div(kPage, row_bytes)};
+  constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
+  const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
+  const int64_t fit = std::clamp(period * (kL1Ways / streams), int64_t(1), kMaxRows);
+  if (row_bytes >= kPage || input_bytes <= kCacheResident) return {fit, 0};
+  return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), fit), ceil_div(kPage, row_bytes)};
 }
 
 // acc[j] += x[j] for j in [0, n).
@@ -304,7 +317,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, Op::kStreams, N * elem_bytes);
+        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes);
         A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
         for (int64_t ob = o0; ob < o1; ob += kSumRows) {
           const int64_t ob1 = std::min(o1, ob + kSumRows);
