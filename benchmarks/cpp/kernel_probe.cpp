@@ -1,4 +1,5 @@
-// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]   (DTYPE: f32, bf16 or f16)
+// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]   (DTYPE: f32, bf16 or f16;
+// PROBE_OFFSETS=V,GW,OUT places the tensors, see below)
 // Built by tests/cpp's CMake project on request:
 //   cmake -S tests/cpp -B build/probe && cmake --build build/probe --target kernel_probe
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -20,6 +22,14 @@
 using namespace fastwn;
 
 namespace {
+
+struct Span {  // the part of a buffer the probe uses
+  unsigned char* p = nullptr;
+  size_t n = 0;
+  unsigned char* data() const { return p; }
+  size_t size() const { return n; }
+  unsigned char& operator[](size_t i) const { return p[i]; }
+};
 
 void serial(int64_t n, int64_t, void* ctx, cpu::TaskBody body) { body(ctx, 0, n); }
 
@@ -53,11 +63,24 @@ int main(int argc, char** argv) {
   const int reps = std::atoi(argv[6]);
   const DType t = dt == "bf16" ? DType::bf16 : dt == "f16" ? DType::f16 : DType::f32;
   const size_t es = t == DType::f32 ? 4 : 2, n = size_t(s.numel()), D = size_t(s.D);
-  std::vector<unsigned char> v(n * es), gw(n * es), out(n * es), g(D * es), gout(D * es);
+  // v, grad_w and the output at PROBE_OFFSETS="V,GW,OUT" bytes past a page boundary (0,0,0
+  // without it): where the buffers sit relative to each other modulo 4 KiB decides which
+  // loads share L1 sets or alias a pending store's address bits.
+  long long off[3] = {0, 0, 0};
+  if (const char* e = std::getenv("PROBE_OFFSETS")) std::sscanf(e, "%lld,%lld,%lld", &off[0], &off[1], &off[2]);
+  std::vector<unsigned char> mem[3];
+  Span bufs[3];
+  for (int k = 0; k < 3; ++k) {
+    mem[k].resize(n * es + 2 * 4096 + size_t(off[k]));
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(mem[k].data()) + 4095) & ~uintptr_t(4095);
+    bufs[k] = {reinterpret_cast<unsigned char*>(base) + off[k], n * es};
+  }
+  Span v = bufs[0], gw = bufs[1], out = bufs[2];
+  std::vector<unsigned char> g(D * es), gout(D * es);
   std::vector<float> norm(D), fv(n), fg(D), fo(n);
   std::mt19937 rng(1);
   // Normal numbers in [0.5, 1.5) (denormals would take microcode assists and time that).
-  auto fill = [&](std::vector<unsigned char>& buf) {
+  auto fill = [&](auto& buf) {
     for (size_t i = 0; i < buf.size() / es; ++i) {
       const float x = 0.5f + float(rng() % 1000) / 1000.f;
       if (es == 4) std::memcpy(&buf[i * 4], &x, 4);
