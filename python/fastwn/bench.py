@@ -77,8 +77,10 @@ def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
         torch._weight_norm(vr, gtr, dim).backward(grad_w)
         vr.grad = gtr.grad = None
 
-    fwd_fns = {"copy": v.clone, "fwd_fastwn": fwd_fastwn, "fwd_torch": fwd_torch}
-    fb_fns = {"fb_fastwn": fb_fastwn, "fb_torch": fb_torch}
+    # torch's function a second time (the A/A control): how far apart two timings of the
+    # same code come out in this process, the smallest ratio the run can resolve.
+    fwd_fns = {"copy": v.clone, "fwd_fastwn": fwd_fastwn, "fwd_torch": fwd_torch, "fwd_torch_again": fwd_torch}
+    fb_fns = {"fb_fastwn": fb_fastwn, "fb_torch": fb_torch, "fb_torch_again": fb_torch}
     # A GPU user's other option, torch.compile of the formula (compile time excluded), on
     # the headline cases only: each shape and dtype compiles anew.
     if device == "cuda" and tuple(shape) in COMPILED_BASELINE_SHAPES:
@@ -97,6 +99,8 @@ def bench_case(shape, dim, dtype, device, reps, budget_s) -> dict:
         "bytes": nbytes, "times_s": t,
         "fwd_speedup": t["fwd_torch"] / t["fwd_fastwn"],
         "fb_speedup": t["fb_torch"] / t["fb_fastwn"],
+        "fwd_aa": t["fwd_torch"] / t["fwd_torch_again"],
+        "fb_aa": t["fb_torch"] / t["fb_torch_again"],
         # forward moves v in and w out; a clone moves the same bytes.
         "fwd_gbps": 2 * nbytes / t["fwd_fastwn"] / 1e9,
         "copy_gbps": 2 * nbytes / t["copy"] / 1e9,
@@ -149,15 +153,16 @@ def machine_info() -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'case':<26}{'dtype':<10}{'alloc':<8}{'fwd ms':>9}{'torch':>9}{'x':>7}{'GB/s':>8}"
-            f"{'copy':>8}{'%copy':>7}{'f+b ms':>9}{'torch':>9}{'x':>7}{'%copy':>7}")
+    head = (f"{'case':<26}{'dtype':<10}{'alloc':<8}{'fwd ms':>9}{'torch':>9}{'x':>7}{'A/A':>6}{'GB/s':>8}"
+            f"{'copy':>8}{'%copy':>7}{'f+b ms':>9}{'torch':>9}{'x':>7}{'A/A':>6}{'%copy':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         t = r["times_s"]
         lines.append(
             f"{r['case']:<26}{r['dtype']:<10}{r.get('alloc', r['device']):<8}{1e3 * t['fwd_fastwn']:>9.3f}"
-            f"{1e3 * t['fwd_torch']:>9.3f}{r['fwd_speedup']:>7.2f}{r['fwd_gbps']:>8.1f}{r['copy_gbps']:>8.1f}"
-            f"{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn']:>9.3f}{1e3 * t['fb_torch']:>9.3f}{r['fb_speedup']:>7.2f}"
+            f"{1e3 * t['fwd_torch']:>9.3f}{r['fwd_speedup']:>7.2f}{r['fwd_aa']:>6.2f}{r['fwd_gbps']:>8.1f}"
+            f"{r['copy_gbps']:>8.1f}{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn']:>9.3f}{1e3 * t['fb_torch']:>9.3f}"
+            f"{r['fb_speedup']:>7.2f}{r['fb_aa']:>6.2f}"
             f"{r['fb_pct_copy']:>7.0f}"
             + (f"  compiled: fwd x{t['fwd_compiled'] / t['fwd_fastwn']:.2f}, f+b x{t['fb_compiled'] / t['fb_fastwn']:.2f}"
                if "fwd_compiled" in t else ""))
@@ -166,8 +171,9 @@ def format_table(rows: list[dict]) -> str:
 
 def _child(args) -> None:
     rows = run_device(args.device, args.dtypes, args.reps, args.budget, args.quick,
-                      progress=lambda r: print(f"  {r['case']} {r['dtype']}: fwd x{r['fwd_speedup']:.2f}, "
-                                               f"f+b x{r['fb_speedup']:.2f}", file=sys.stderr, flush=True))
+                      progress=lambda r: print(f"  {r['case']} {r['dtype']}: fwd x{r['fwd_speedup']:.2f} (A/A {r['fwd_aa']:.2f}), "
+                                               f"f+b x{r['fb_speedup']:.2f} (A/A {r['fb_aa']:.2f})",
+                                               file=sys.stderr, flush=True))
     for r in rows:
         r["alloc"] = args.alloc
     with open(args.child_out, "w") as f:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 
 import torch
 
-from ._timing import timer
+from ._timing import median_times
 
 METHODS = ("peft-lora", "peft-dora", "fastwn-dora")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -117,23 +116,18 @@ def peak_of_method(case: dict, method: str, device: str) -> dict:
 
 
 def time_methods(case: dict, device: str, reps: int) -> dict:
-    """Training step and inference time of every method, measured round-robin in one
+    """Training step and inference time of every method, measured in shared rounds in one
     process, so that the machine's noise falls on all of them alike."""
     models = {m: _build(case, m, device) for m in METHODS}
-    clock = timer(device)
     result = {}
     for key, make, mode in (("train_s", _step_fn, "train"), ("infer_s", _infer_fn, "eval")):
         fns = {}
         for m, (model, x) in models.items():
             getattr(model, mode)()
             fns[m] = make(model, x)
-            fns[m]()  # warm-up (and, in eval mode, the norm cache)
-        times = {m: [] for m in METHODS}
-        for _ in range(reps):
-            for m in METHODS:
-                times[m].append(clock(fns[m]))
-        for m in METHODS:
-            result.setdefault(m, {})[key] = statistics.median(times[m])
+        # median_times runs each once first: the warm-up (and, in eval mode, the norm cache).
+        for m, t in median_times(fns, device, reps, budget_s=60.0).items():
+            result.setdefault(m, {})[key] = t
     return result
 
 
@@ -141,16 +135,13 @@ def norm_alone(device: str, reps: int) -> list[dict]:
     import fastwn
 
     rows = []
-    clock = timer(device)
     for out, inp, r, d in NORM_CASES:
         dtype = DTYPES[d]
         w = torch.randn(out, inp, device=device, dtype=dtype)
         a, b = torch.randn(r, inp, device=device, dtype=dtype), torch.randn(out, r, device=device, dtype=dtype)
         fns = {"dora_norm": lambda: fastwn.dora_norm(w, a, b, 2.0), "read": lambda: w.sum(),
                "peft_norm": lambda: torch.linalg.norm(w + 2.0 * (b @ a), dim=1)}
-        for fn in fns.values():
-            fn()
-        t = {k: statistics.median(clock(fn) for _ in range(reps)) for k, fn in fns.items()}
+        t = median_times(fns, device, reps, budget_s=60.0)
         rows.append({"out": out, "in": inp, "r": r, "dtype": d, "dora_norm_s": t["dora_norm"], "read_s": t["read"],
                      "peft_norm_s": t["peft_norm"], "pct_of_read": 100 * t["read"] / t["dora_norm"]})
         del w, a, b
