@@ -207,9 +207,9 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 //   (9216, 512) columns, 1 thread: fp32 fwd 5.2 -> 4.6, bf16 bwd 7.5 -> 5.5.
 // A tensor that stays in cache between calls gains nothing from either and pays for the
 // accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads, 0.218 ms with
-// 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows: 1 row per pass took 1.9x as
-// long there (16 KiB of accumulators compete with the stream for L1), and prefetching 8
-// rows ahead 1.3-1.5x.
+// 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the forward (the L1 rule
+// below halves that for the backward): 1 row per pass took 1.9x as long there (16 KiB of
+// accumulators compete with the stream for L1), and prefetching 8 rows ahead 1.3-1.5x.
 // A group must also fit the L1's ways. Each chunk loads one line from each row of the
 // group and input; rows whose stride is a multiple of 4 KiB (the L1's sets times its line:
 // 64 x 64 B on Zen 3 and Skylake alike) land in one set, whose 8 ways then cannot hold

@@ -42,9 +42,9 @@ def median_times(fns: dict, device: str, reps: int, budget_s: float, seed: int =
 
     Each round runs the functions in a fresh random order (seeded: reruns repeat it).
     In a fixed order, each function always follows the same one and inherits what that
-    one left in the heap and the caches. On the Zen 3 VM, two copies of torch's forward
-    + backward (256x256x3x3 fp32) timed in one fixed round differed by 5-9 %, more than
-    the libraries do; in shuffled rounds, by 1-4 %."""
+    one left in the heap and the caches. On the Zen 3 VM, two copies of one forward +
+    backward (256x256x3x3 fp32) timed in fixed rounds differed by 3-12 %, as much as the
+    libraries do; in shuffled rounds, by at most 4 %."""
     clock = timer(device)
     for fn in fns.values():
         fn()  # warm-up (allocator, lazy init)
