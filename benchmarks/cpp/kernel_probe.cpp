@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,14 +23,6 @@
 using namespace fastwn;
 
 namespace {
-
-struct Span {  // the part of a buffer the probe uses
-  unsigned char* p = nullptr;
-  size_t n = 0;
-  unsigned char* data() const { return p; }
-  size_t size() const { return n; }
-  unsigned char& operator[](size_t i) const { return p[i]; }
-};
 
 void serial(int64_t n, int64_t, void* ctx, cpu::TaskBody body) { body(ctx, 0, n); }
 
@@ -69,13 +62,13 @@ int main(int argc, char** argv) {
   long long off[3] = {0, 0, 0};
   if (const char* e = std::getenv("PROBE_OFFSETS")) std::sscanf(e, "%lld,%lld,%lld", &off[0], &off[1], &off[2]);
   std::vector<unsigned char> mem[3];
-  Span bufs[3];
+  std::span<unsigned char> bufs[3];
   for (int k = 0; k < 3; ++k) {
     mem[k].resize(n * es + 2 * 4096 + size_t(off[k]));
     const uintptr_t base = (reinterpret_cast<uintptr_t>(mem[k].data()) + 4095) & ~uintptr_t(4095);
     bufs[k] = {reinterpret_cast<unsigned char*>(base) + off[k], n * es};
   }
-  Span v = bufs[0], gw = bufs[1], out = bufs[2];
+  const std::span<unsigned char> v = bufs[0], gw = bufs[1], out = bufs[2];
   std::vector<unsigned char> g(D * es), gout(D * es);
   std::vector<float> norm(D), fv(n), fg(D), fo(n);
   std::mt19937 rng(1);
