@@ -1,11 +1,13 @@
 // The operator schemas (one place for all backends) and the small pybind11 module
-// that reports how the extension was built.
+// that reports how the extension was built and gives eager calls a direct entry.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
+#include <torch/python.h>  // pybind11's at::Tensor conversions
 
 #include <algorithm>
 #include <string>
 
+#include "autograd.h"
 #include "kernels.h"
 
 #ifndef FASTWN_VERSION
@@ -30,6 +32,10 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastwn compiled extension: importing it registers torch.ops.fastwn.*";
+  // fastwn.functional calls this outside torch.compile and __torch_function__ overrides,
+  // which need the operator's Python object; the GIL is released as torch's ops do.
+  m.def("weight_norm", &fastwn::weight_norm_eager, py::arg("v"), py::arg("g"), py::arg("dim"), py::arg("eps"),
+        py::call_guard<py::gil_scoped_release>(), "w of torch.ops.fastwn.weight_norm_fwd, called unboxed.");
   m.def("cpu_isa", [] { return std::string(fastwn::cpu::isa_name(fastwn::cpu::active_isa())); },
         "The CPU kernel set the next call will use (FASTWN_CPU_ISA lowers it).");
   m.def("build_info", [] {

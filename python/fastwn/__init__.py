@@ -44,9 +44,10 @@ if not HAS_EXTENSION:
         raise ImportError(f"{_EXTENSION_ERROR} (FASTWN_REQUIRE_EXTENSION=1)")
     warnings.warn(f"{_EXTENSION_ERROR}; fastwn falls back to torch._weight_norm", RuntimeWarning, stacklevel=2)
 else:
-    from . import _ops, dora, functional  # _ops: fake impls and the composite backward
+    from . import _C, _ops, dora, functional  # _ops: fake impls and the composite backward
 
     functional._fwd = _ops.fwd.default
+    functional._eager = _C.weight_norm
     dora._dora_norm_op = _ops.dora_norm.default
 
 from .functional import weight_norm  # noqa: E402

@@ -4,12 +4,18 @@ from __future__ import annotations
 import operator
 
 import torch
+from torch.overrides import has_torch_function
 
 from . import _composite
 
 # The forward operator (an OpOverload, resolved once: calling the packet re-resolves the
 # overload every call), or None when the extension did not load; set by fastwn/__init__.
 _fwd = None
+# _C.weight_norm: the same operator called from C++ without boxing its arguments, for
+# eager calls (set with _fwd). torch.compile must see the OpOverload to record it, and
+# __torch_function__ overrides (tensor subclasses, TorchFunctionMode) are only offered
+# the call through the OpOverload.
+_eager = None
 
 
 def _check_tensor(t, arg: str, fn: str = "fastwn.weight_norm") -> None:
@@ -52,7 +58,9 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
     _check_tensor(g, "g")
     d = _as_dim(dim)
     if _fwd is not None:
-        return _fwd(v, g, d, float(eps))[0]
+        if torch.compiler.is_compiling() or has_torch_function((v, g)):
+            return _fwd(v, g, d, float(eps))[0]
+        return _eager(v, g, d, float(eps))
     if eps == 0.0 and d != _composite.WHOLE and v.dim() > 0:
         return torch._weight_norm(v, g.reshape(_composite.broadcast_shape(v, d)), d)
     return _composite.forward(v, g, d, float(eps))[0]
