@@ -141,3 +141,41 @@ def test_no_grad_and_inference_mode_fast_path():
     assert torch.equal(w, expected)
     with torch.inference_mode():
         assert torch.equal(fastwn.weight_norm(v, g, 0), expected)
+
+
+def test_eager_calls_reach_dispatch_and_function_modes():
+    # Eager calls go to the operator from C++ (fastwn.functional._eager): dispatch modes
+    # must still see it, and __torch_function__ modes must be offered it.
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Dispatch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(("dispatch", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    class Function(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(("function", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    v, g = inputs((4, 3), 0, seed=7)
+    expected = fastwn.weight_norm(v, g, 0)
+    for mode in (Dispatch(), Function()):
+        with mode:
+            assert torch.equal(fastwn.weight_norm(v, g, 0), expected)
+    assert ("dispatch", "fastwn.weight_norm_fwd.default") in seen
+    assert ("function", "fastwn.weight_norm_fwd.default") in seen
+
+
+def test_forward_mode_ad_is_refused_not_dropped():
+    # Inference calls skip the autograd node; a forward-mode tangent must not be lost there.
+    import torch.autograd.forward_ad as fwAD
+
+    v, g = inputs((4, 3), 0, seed=8)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(v.detach(), torch.ones_like(v))
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            fastwn.weight_norm(dual, g.detach(), 0)
