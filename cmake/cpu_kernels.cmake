@@ -1,5 +1,6 @@
-# The CPU kernels (csrc/cpu/kernels.cpp, low_rank_norm.cpp) compiled once per ISA, each
-# into its own namespace; used by the extension (CMakeLists.txt) and by the kernel test (tests/cpp). Sets FASTWN_CPU_OBJECTS.
+# The torch-free CPU code: the kernels (csrc/cpu/kernels.cpp, low_rank_norm.cpp) compiled
+# once per ISA, each into its own namespace, and what they share once (isa.cpp, pages.cpp);
+# used by the extension (CMakeLists.txt) and by the kernel test (tests/cpp). Sets FASTWN_CPU_OBJECTS.
 set(FASTWN_ROOT "${CMAKE_CURRENT_LIST_DIR}/..")
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
   set(FASTWN_FLAGS_scalar "")
@@ -10,7 +11,9 @@ else()  # other CPUs run the portable code under every name; isa.cpp picks scala
   set(FASTWN_FLAGS_avx2 "")
   set(FASTWN_FLAGS_avx512 "")
 endif()
-set(FASTWN_CPU_OBJECTS "")
+add_library(fastwn_cpu_common OBJECT "${FASTWN_ROOT}/csrc/cpu/isa.cpp" "${FASTWN_ROOT}/csrc/cpu/pages.cpp")
+set_target_properties(fastwn_cpu_common PROPERTIES POSITION_INDEPENDENT_CODE ON)
+set(FASTWN_CPU_OBJECTS $<TARGET_OBJECTS:fastwn_cpu_common>)
 foreach(isa scalar avx2 avx512)
   add_library(fastwn_cpu_${isa} OBJECT "${FASTWN_ROOT}/csrc/cpu/kernels.cpp" "${FASTWN_ROOT}/csrc/cpu/low_rank_norm.cpp")
   target_compile_definitions(fastwn_cpu_${isa} PRIVATE FASTWN_ISA=${isa})

@@ -27,6 +27,16 @@ struct Shape3 {
 // bf16/fp16: g is divided by the norm rounded to `dtype` (where that is finite), the
 // value g holds when a layer is wrapped (g = ||v|| as stored), so wrapping scales v by
 // exactly 1 and never changes a weight. The returned norm is not rounded.
+// How a CPU kernel writes its large output (w, grad_v); the glue decides which pays
+// (csrc/cpu/weight_norm.cpp).
+enum class OutputWrite : int {
+  cached = 0,    // ordinary stores
+  streamed = 1,  // non-temporal stores: no read-for-ownership of each line
+  // Fresh pages: before writing a block, the task maps its absent pages in one call
+  // (cpu::populate_for_write) instead of taking one page fault per page.
+  populate = 2,
+};
+
 struct FwdParams {
   Shape3 shape;
   DType dtype;
@@ -39,9 +49,7 @@ struct FwdParams {
   // torch._weight_norm's composite path does (whole-tensor and middle dims), so those
   // results are PyTorch's bit for bit. The glue decides (weight_norm_glue.cpp).
   bool round_scale = false;
-  // CPU: write w with non-temporal stores (no read-for-ownership of each line). The
-  // glue decides when that pays: see csrc/cpu/weight_norm.cpp.
-  bool stream_output = false;
+  OutputWrite write_w = OutputWrite::cached;  // CPU only
 };
 
 struct BwdParams {
@@ -54,7 +62,7 @@ struct BwdParams {
   void* grad_v;
   void* grad_g;
   double eps;
-  bool stream_output = false;  // as in FwdParams, for grad_v
+  OutputWrite write_grad_v = OutputWrite::cached;  // CPU only
 };
 
 // DoRA's weight norm (fastwn.dora_norm): the norms of the rows or of the columns of
@@ -100,6 +108,14 @@ Isa best_supported_isa();  // from cpuid (and the OS's saved-state support)
 // Throws std::invalid_argument for an unknown FASTWN_CPU_ISA value.
 Isa active_isa();
 const char* isa_name(Isa isa);
+
+// pages.cpp. Whether every page of [p, p + bytes) is backed by memory (anonymous memory
+// is not until its first write).
+bool resident(const void* p, int64_t bytes);
+// Maps the absent pages of [p, p + bytes), writable, a run at a time
+// (madvise(MADV_POPULATE_WRITE)). Never changes memory; where the OS cannot, the pages
+// fault under the stores as they would without it.
+void populate_for_write(void* p, int64_t bytes);
 
 }  // namespace cpu
 }  // namespace fastwn

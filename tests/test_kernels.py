@@ -210,9 +210,11 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_outputs(isa, device, dtype, shape, dim, layout):
     """Large outputs, odd sizes and an offset view; (17000, 130) columns are over 4 MiB in
-    every dtype, so the column reduction prefetches rows ahead (plan_columns). (Non-temporal
-    stores, which the glue picks only for resident outputs larger than the last-level cache,
-    are tested on the kernels directly: test_cpp_kernels.py.)"""
+    every dtype, so the column reduction prefetches rows ahead (plan_columns). Outputs this
+    large are often fresh pages from glibc, which the kernels populate ahead of the stores.
+    That path and the non-temporal stores (which the glue picks only for resident outputs
+    larger than the last-level cache) are tested for certain on the kernels directly:
+    test_cpp_kernels.py."""
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, layout, gen, device)
     check_forward_backward(v, g_for(v, dim, gen), dim)

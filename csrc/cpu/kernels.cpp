@@ -33,12 +33,33 @@ constexpr int64_t kSumRows = 32;
 constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16 of v
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
+// Output elements a row task maps per populate_for_write call (OutputWrite::populate):
+// enough pages to amortise the call, few enough that they are still in cache, just
+// zeroed, when the stores arrive. Into fresh 4 KiB pages, 2 threads, Zen 3 VM, 64 MiB
+// (a C probe: madvise then stores, against the stores faulting page by page): blocks of
+// 64 KiB to 2 MiB all took 20-24 ms against 27-30 ms; one call for a thread's whole
+// half then ordinary stores, 25-27 ms. Into 2 MiB pages (THP) either way took 9-11 ms.
+constexpr int64_t kPopulateElems = 65536;
 
-// st for an op's output: streamed when the op streams and the chunk is a full, aligned vector.
+// The OutputWrite an op's stores and prepare() follow.
+template <class T>
+struct Output {
+  T* p;
+  OutputWrite write;
+  // Maps the absent pages of elements [i, i + n) before they are written.
+  void prepare(int64_t i, int64_t n) const {
+    if (write == OutputWrite::populate) populate_for_write(p + i, n * int64_t(sizeof(T)));
+  }
+  bool streamed() const { return write == OutputWrite::streamed; }
+};
+
+// st of elements [i, i + n) of an output: streamed when the output is and the chunk is
+// a full, aligned vector.
 template <class V, class T>
-inline void st_out(const V& v, T* p, int64_t n, bool stream) {
+inline void st_out(const V& v, const Output<T>& out, int64_t i, int64_t n) {
   constexpr uintptr_t kAlign = uintptr_t(V::W) * sizeof(T);
-  if (stream && n == V::W && reinterpret_cast<uintptr_t>(p) % kAlign == 0) v.stream(p);
+  T* p = out.p + i;
+  if (out.streamed() && n == V::W && reinterpret_cast<uintptr_t>(p) % kAlign == 0) v.stream(p);
   else st(v, p, n);
 }
 
@@ -67,6 +88,7 @@ A divisor(A n, A eps) {
 //   finish(d, total)               the per-d step once slice d is reduced
 //   coef(d), coef_columns(d0, c)   per-d coefficients, broadcast or one per lane
 //   put(i, c, k)                   writes the chunk's outputs with coefficients k
+//   prepare(i, n)                  readies outputs [i, i + n) for writing (Output)
 // The loops below take the op by value: the intrinsics' vector types may alias
 // anything, so after each store the compiler would reload every pointer of an op it
 // reaches through a reference; a local copy whose address never escapes stays in registers.
@@ -79,12 +101,11 @@ struct FwdOp {
   struct Coef { V s; };
   const T* v;
   const T* g;
-  T* w;
+  Output<T> w;
   A* norm;
   A eps;
   A* scale;  // workspace [D]
   bool round_scale;  // kernels.h: PyTorch's composite rounding for bf16/fp16
-  bool stream;  // non-temporal stores for w
 
   static constexpr int kStreams = 1;  // tensors the reduction reads
   void prefetch(int64_t i, int64_t n) const { prefetch_range(v + i, n); }
@@ -100,7 +121,8 @@ struct FwdOp {
   }
   Coef coef(int64_t d) const { return {V::set1(scale[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(scale + d0, c)}; }
-  void put(int64_t i, int64_t c, const Coef& k) const { st_out(ld<V>(v + i, c) * k.s, w + i, c, stream); }
+  void put(int64_t i, int64_t c, const Coef& k) const { st_out(ld<V>(v + i, c) * k.s, w, i, c); }
+  void prepare(int64_t i, int64_t n) const { w.prepare(i, n); }
 };
 
 // Backward: dot[d] = <grad_w, v>[d]; grad_g = dot / n_eff;
@@ -115,12 +137,11 @@ struct BwdOp {
   const T* v;
   const T* g;
   const A* norm;
-  T* gv;
+  Output<T> gv;
   T* gg;
   A eps;
   A* coef_a;  // workspace [D]
   A* coef_b;  // workspace [D]
-  bool stream;  // non-temporal stores for grad_v
 
   static constexpr int kStreams = 2;
   void prefetch(int64_t i, int64_t n) const { prefetch_range(gw + i, n), prefetch_range(v + i, n); }
@@ -137,8 +158,9 @@ struct BwdOp {
   Coef coef(int64_t d) const { return {V::set1(coef_a[d]), V::set1(coef_b[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(coef_a + d0, c), ld<V>(coef_b + d0, c)}; }
   void put(int64_t i, int64_t c, const Coef& k) const {
-    st_out(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv + i, c, stream);
+    st_out(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv, i, c);
   }
+  void prepare(int64_t i, int64_t n) const { gv.prepare(i, n); }
 };
 
 // f(j, c) over [0, n) in chunks of c = W lanes, then one tail chunk. The full chunks
@@ -249,16 +271,26 @@ void apply_columns(Op op, int64_t off, int64_t n, int64_t d0) {
 }
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
-// d + 1 is reduced in the loop that rescales row d.
+// d + 1 is reduced in the loop that rescales row d. The output is prepared a block of
+// kPopulateElems (or a row) ahead of the stores.
 template <class Op>
 void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
   if (b >= e) return;
+  int64_t ready = b * n;  // outputs [b * n, ready) are prepared
+  auto prepare_rows = [&](int64_t row_end) {
+    if (row_end * n <= ready) return;
+    const int64_t to = std::min(e * n, std::max(row_end * n, ready + kPopulateElems));
+    op.prepare(ready, to - ready);
+    ready = to;
+  };
   op.finish(b, reduce(op, b * n, n));
   for (int64_t d = b; d + 1 < e; ++d) {
     const auto k = op.coef(d);
     const int64_t cur = d * n;
+    prepare_rows(d + 1);
     op.finish(d + 1, reduce(op, cur + n, n, [&](int64_t j, int64_t c) { op.put(cur + j, c, k); }));
   }
+  prepare_rows(e);
   apply(op, (e - 1) * n, n, e - 1);
 }
 
@@ -359,6 +391,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
     for (int64_t t = b; t < e; ++t) {
       int64_t idx = t * kApplyGrain;
       const int64_t end = std::min(N, idx + kApplyGrain);
+      op.prepare(idx, end - idx);
       if (inner == 1) {
         // Segments are rows of D: after the first, each starts at d = 0 (one division
         // per task, not one per row).
@@ -381,9 +414,8 @@ template <class T>
 void forward_t(const FwdParams& p, ParallelFor par) {
   using A = acc_t<T>;
   std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
-  const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), static_cast<T*>(p.w),
-                    static_cast<A*>(p.norm), A(p.eps), scale.get(),
-                    p.round_scale,                  p.stream_output};
+  const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), {static_cast<T*>(p.w), p.write_w},
+                    static_cast<A*>(p.norm), A(p.eps), scale.get(), p.round_scale};
   run(op, p.shape, sizeof(T), par);
 }
 
@@ -393,9 +425,9 @@ void backward_t(const BwdParams& p, ParallelFor par) {
   std::unique_ptr<A[]> coef(new A[2 * std::max<int64_t>(p.shape.D, 1)]);
   const BwdOp<T> op{static_cast<const T*>(p.grad_w), static_cast<const T*>(p.v),
                     static_cast<const T*>(p.g),      static_cast<const A*>(p.norm),
-                    static_cast<T*>(p.grad_v),       static_cast<T*>(p.grad_g),
+                    {static_cast<T*>(p.grad_v), p.write_grad_v}, static_cast<T*>(p.grad_g),
                     A(p.eps),                        coef.get(),
-                    coef.get() + p.shape.D,          p.stream_output};
+                    coef.get() + p.shape.D};
   run(op, p.shape, sizeof(T), par);
 }
 

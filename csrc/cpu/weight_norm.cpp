@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,7 +11,6 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "../kernels.h"
 #include "../weight_norm_glue.h"
@@ -22,19 +20,6 @@ namespace {
 
 void torch_parallel_for(int64_t n, int64_t grain, void* ctx, TaskBody body) {
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { body(ctx, b, e); });
-}
-
-// Whether every page of [p, p + bytes) is backed by memory (mincore reports it for
-// anonymous memory; a freshly mapped output is not, until first touch).
-bool resident(const void* p, int64_t bytes) {
-  static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes);
-  std::vector<unsigned char> in_core((end - first + page - 1) / page);
-  if (mincore(reinterpret_cast<void*>(first), end - first, in_core.data()) != 0) return false;
-  for (unsigned char c : in_core)
-    if (!(c & 1)) return false;
-  return true;
 }
 
 // The largest cache cpu0 shares, as the kernel describes it in sysfs, or 0. glibc's
@@ -65,16 +50,27 @@ int64_t last_level_cache_bytes() {
   return bytes;
 }
 
-// Non-temporal stores skip reading each output line before writing it, a third of the
-// traffic, but leave nothing in the caches. Measured on the 2-core VM (480 MiB L3):
-// - into freshly mapped pages they lose (4096x4096 fp32: 0.71x torch vs 0.98x), since
-//   the page fault zeroes each page into the cache and ordinary stores then hit it;
-// - into resident memory they win the op (1.5-1.7x torch) but cost the model when the
-//   next layer would have read w from the cache (wav2vec2 pos-conv step: 0.88x vs 0.99x).
-// So: only outputs larger than the last-level cache, and only into resident memory.
-bool should_stream(const at::Tensor& out) {
+// How the kernel writes w or grad_v (OutputWrite), from where its pages stand.
+// - Non-temporal stores skip reading each output line before writing it, a third of the
+//   traffic, but leave nothing in the caches. Measured on the 2-core VM (480 MiB L3):
+//   into freshly mapped pages they lose (4096x4096 fp32: 0.71x torch vs 0.98x), since the
+//   page fault zeroes each page into the cache and ordinary stores then hit it; into
+//   resident memory they win the op (1.5-1.7x torch) but cost the model when the next
+//   layer would have read w from the cache (wav2vec2 pos-conv step: 0.88x vs 0.99x). So:
+//   only outputs larger than the last-level cache, and only into resident memory.
+// - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
+//   block at a time instead of faulting page by page: the zeroing is the same, the
+//   traps are not. A fresh output fails the residency test of its middle or last page;
+//   populate_for_write then skips whatever pages are resident after all. Below
+//   kPopulateMinBytes an output has too few pages to matter.
+OutputWrite output_write(const at::Tensor& out) {
+  constexpr int64_t kPopulateMinBytes = int64_t(256) << 10;
   const int64_t bytes = out.numel() * int64_t(out.element_size());
-  return bytes > last_level_cache_bytes() && resident(out.const_data_ptr(), bytes);
+  const char* p = static_cast<const char*>(out.const_data_ptr());
+  if (bytes > last_level_cache_bytes()) return resident(p, bytes) ? OutputWrite::streamed : OutputWrite::populate;
+  if (bytes >= kPopulateMinBytes && !(resident(p + bytes / 2, 1) && resident(p + bytes - 1, 1)))
+    return OutputWrite::populate;
+  return OutputWrite::cached;
 }
 
 Isa checked_active_isa() {
@@ -97,7 +93,7 @@ void run_active_isa(const P& p, Kernel<P> scalar_fn, Kernel<P> avx2_fn, Kernel<P
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& v, const at::Tensor& g, int64_t dim, double eps) {
   FwdCall c = prepare_forward(v, g, dim, eps);
-  c.params.stream_output = should_stream(c.w);
+  c.params.write_w = output_write(c.w);
   run_active_isa(c.params, scalar::forward, avx2::forward, avx512::forward);
   return {c.w, c.norm};
 }
@@ -105,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& v, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_w, const at::Tensor& v, const at::Tensor& g,
                                             const at::Tensor& norm, int64_t dim, double eps) {
   BwdCall c = prepare_backward(grad_w, v, g, norm, dim, eps);
-  c.params.stream_output = should_stream(c.grad_v);
+  c.params.write_grad_v = output_write(c.grad_v);
   run_active_isa(c.params, scalar::backward, avx2::backward, avx512::backward);
   return {c.grad_v, c.grad_g};
 }

@@ -1,14 +1,17 @@
 // The torch-free CPU kernels on their own: every ISA this CPU runs, every dtype, the
 // three schedules (fused rows, columns, middle axis) on outputs of 8 MiB and more, at an
-// aligned and an odd address. Written with and without non-temporal stores
-// (stream_output), the results must be bit-identical, and they must match a float64
-// reference. Ends with the line "N passed, M failed"; exits non-zero on a failure.
+// aligned and an odd address. Written with ordinary stores, with non-temporal ones and
+// into fresh pages populated ahead of the stores (OutputWrite), the results must be
+// bit-identical, and they must match a float64 reference. Also checks populate_for_write
+// itself: the pages it maps are resident and read back as zero. Ends with the line "N passed, M failed"; exits non-zero on a failure.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "../../csrc/kernels.h"
 
@@ -40,15 +43,28 @@ void store(unsigned char* p, DType t, double x) {
   }
 }
 
-struct Buffer {  // one extra element so that `odd` views start one element in
-  std::vector<unsigned char> bytes;
+// One extra element so that `odd` views start one element in. `fresh`: freshly mapped
+// pages that no one has touched, as glibc hands out for a large tensor.
+struct Buffer {
+  unsigned char* base;
+  size_t size;
+  bool fresh;
   DType t;
   size_t offset;
-  Buffer(size_t n, DType t_, bool odd) : bytes((n + 1) * elem_size(t_) + 64), t(t_) {
-    const uintptr_t base = reinterpret_cast<uintptr_t>(bytes.data());
-    offset = (64 - base % 64) % 64 + (odd ? elem_size(t) : 0);  // 64-aligned, then maybe one element in
+  Buffer(size_t n, DType t_, bool odd, bool fresh_ = false) : size((n + 1) * elem_size(t_) + 64), fresh(fresh_), t(t_) {
+    if (fresh) {
+      void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      base = m == MAP_FAILED ? nullptr : static_cast<unsigned char*>(m);
+    } else {
+      base = new unsigned char[size]();
+    }
+    if (base == nullptr) std::abort();
+    const uintptr_t b = reinterpret_cast<uintptr_t>(base);
+    offset = (64 - b % 64) % 64 + (odd ? elem_size(t) : 0);  // 64-aligned, then maybe one element in
   }
-  unsigned char* ptr() { return bytes.data() + offset; }
+  Buffer(const Buffer&) = delete;
+  ~Buffer() { fresh ? (void)munmap(base, size) : delete[] base; }
+  unsigned char* ptr() { return base + offset; }
   double at(size_t i) { return load(ptr() + i * elem_size(t), t); }
   void set(size_t i, double x) { store(ptr() + i * elem_size(t), t, x); }
 };
@@ -85,21 +101,34 @@ void check(cpu::Isa isa, DType t, Shape3 s, bool odd) {
   Buffer v(n, t, odd), gw(n, t, odd), g(D, t, false);
   for (size_t i = 0; i < n; ++i) v.set(i, normal(rng)), gw.set(i, normal(rng));
   for (size_t d = 0; d < D; ++d) g.set(d, normal(rng));
-  Buffer w[2] = {Buffer(n, t, odd), Buffer(n, t, odd)}, gv[2] = {Buffer(n, t, odd), Buffer(n, t, odd)};
-  Buffer norm[2] = {Buffer(D, nt, false), Buffer(D, nt, false)}, gg[2] = {Buffer(D, t, false), Buffer(D, t, false)};
-  for (int streamed = 0; streamed < 2; ++streamed) {
-    FwdParams fp{s, t, v.ptr(), g.ptr(), w[streamed].ptr(), norm[streamed].ptr(), 0.0};
-    fp.stream_output = streamed == 1;
+  const OutputWrite modes[] = {OutputWrite::cached, OutputWrite::streamed, OutputWrite::populate};
+  const bool fresh = true;  // the populate mode's outputs
+  Buffer w[3] = {Buffer(n, t, odd), Buffer(n, t, odd), Buffer(n, t, odd, fresh)};
+  Buffer gv[3] = {Buffer(n, t, odd), Buffer(n, t, odd), Buffer(n, t, odd, fresh)};
+  Buffer norm[3] = {Buffer(D, nt, false), Buffer(D, nt, false), Buffer(D, nt, false)};
+  Buffer gg[3] = {Buffer(D, t, false), Buffer(D, t, false), Buffer(D, t, false)};
+  for (int m = 0; m < 3; ++m) {
+    FwdParams fp{s, t, v.ptr(), g.ptr(), w[m].ptr(), norm[m].ptr(), 0.0};
+    fp.write_w = modes[m];
     forward(isa, fp);
-    BwdParams bp{s, t, gw.ptr(), v.ptr(), g.ptr(), norm[streamed].ptr(), gv[streamed].ptr(), gg[streamed].ptr(), 0.0};
-    bp.stream_output = streamed == 1;
+    BwdParams bp{s, t, gw.ptr(), v.ptr(), g.ptr(), norm[m].ptr(), gv[m].ptr(), gg[m].ptr(), 0.0};
+    bp.write_grad_v = modes[m];
     backward(isa, bp);
   }
   const char* name = cpu::isa_name(isa);
   const size_t bytes = n * elem_size(t);
-  expect(std::memcmp(w[0].ptr(), w[1].ptr(), bytes) == 0, "w streamed == w stored", name, int(t), s, odd);
-  expect(std::memcmp(gv[0].ptr(), gv[1].ptr(), bytes) == 0, "grad_v streamed == stored", name, int(t), s, odd);
-  expect(std::memcmp(norm[0].ptr(), norm[1].ptr(), D * elem_size(nt)) == 0, "norm", name, int(t), s, odd);
+  for (int m = 1; m < 3; ++m) {
+    const char* how = m == 1 ? "streamed" : "populated";
+    char what[64];
+    std::snprintf(what, sizeof what, "w %s == stored", how);
+    expect(std::memcmp(w[0].ptr(), w[m].ptr(), bytes) == 0, what, name, int(t), s, odd);
+    std::snprintf(what, sizeof what, "grad_v %s == stored", how);
+    expect(std::memcmp(gv[0].ptr(), gv[m].ptr(), bytes) == 0, what, name, int(t), s, odd);
+    std::snprintf(what, sizeof what, "norm %s == stored", how);
+    expect(std::memcmp(norm[0].ptr(), norm[m].ptr(), D * elem_size(nt)) == 0, what, name, int(t), s, odd);
+    std::snprintf(what, sizeof what, "grad_g %s == stored", how);
+    expect(std::memcmp(gg[0].ptr(), gg[m].ptr(), D * elem_size(t)) == 0, what, name, int(t), s, odd);
+  }
 
   // float64 reference: norms and dot products per d, then sampled elements.
   std::vector<double> sumsq(D, 0.0), dot(D, 0.0);
@@ -127,9 +156,36 @@ void check(cpu::Isa isa, DType t, Shape3 s, bool odd) {
   expect(worst_gg < tol, "grad_g vs float64", name, int(t), s, odd);
 }
 
+// populate_for_write on fresh pages: every page holding a byte of the range is mapped
+// afterwards, pages outside it are not, and memory reads back as zero; on resident
+// memory it changes nothing.
+void check_populate() {
+  const size_t page = 4096, pages = 64, bytes = pages * page;
+  void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) std::abort();
+  unsigned char* p = static_cast<unsigned char*>(m);
+  const Shape3 none{0, 0, 0};
+  expect(!cpu::resident(p, int64_t(bytes)), "fresh pages are not resident", "-", 0, none, false);
+  // Bytes [3 pages + 100, 40 pages - 7): pages 3 to 39 hold them.
+  cpu::populate_for_write(p + 3 * page + 100, int64_t(37 * page - 107));
+  expect(cpu::resident(p + 3 * page, int64_t(37 * page)), "populated pages are resident", "-", 0, none, false);
+  expect(!cpu::resident(p + 2 * page, 1) && !cpu::resident(p + 40 * page, 1), "pages outside stay absent", "-", 0,
+         none, false);
+  bool zero = true;
+  for (size_t i = 0; i < bytes; ++i) zero = zero && p[i] == 0;
+  expect(zero, "populated memory reads zero", "-", 0, none, false);
+  std::memset(p, 0x5A, bytes);
+  cpu::populate_for_write(p, int64_t(bytes));
+  bool kept = true;
+  for (size_t i = 0; i < bytes; ++i) kept = kept && p[i] == 0x5A;
+  expect(kept, "populating resident memory keeps it", "-", 0, none, false);
+  munmap(m, bytes);
+}
+
 }  // namespace
 
 int main() {
+  check_populate();
   // >= 8 MiB of output in every dtype (4.2M elements): rows, columns, a middle axis.
   const Shape3 shapes[] = {{1, 1031, 4099}, {2053, 2051, 1}, {5, 211, 3989}};
   for (cpu::Isa isa : {cpu::Isa::scalar, cpu::Isa::avx2, cpu::Isa::avx512}) {
