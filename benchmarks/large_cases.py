@@ -1,6 +1,6 @@
 # The large cases of fastwn.bench (fp32, bf16) in the allocator mode this process was started
 # in: run it under the environment fastwn.bench.ALLOCATORS gives each mode. Usage: MODE OUT.json
-import json, os, sys, torch
+import json, sys, torch
 from fastwn.bench import bench_case, machine_info
 mode = sys.argv[1]; out = sys.argv[2]
 cases = [((4096, 4096), 0), ((4096, 4096), 1), ((11008, 4096), 0), ((64, 512, 512), 0)]

@@ -20,13 +20,6 @@ struct Shape3 {
   int64_t numel() const { return outer * D * inner; }
 };
 
-// norm is float64 for float64 inputs and float32 otherwise (also for bf16/fp16);
-// v, g, w, grad_w, grad_v, grad_g are all in `dtype`. eps clamps the norm from below
-// (0 = no clamp, PyTorch's exact behaviour on zero slices).
-//
-// bf16/fp16: g is divided by the norm rounded to `dtype` (where that is finite), the
-// value g holds when a layer is wrapped (g = ||v|| as stored), so wrapping scales v by
-// exactly 1 and never changes a weight. The returned norm is not rounded.
 // How a CPU kernel writes its large output (w, grad_v); the glue decides which pays
 // (csrc/cpu/weight_norm.cpp).
 enum class OutputWrite : int {
@@ -37,6 +30,13 @@ enum class OutputWrite : int {
   populate = 2,
 };
 
+// norm is float64 for float64 inputs and float32 otherwise (also for bf16/fp16);
+// v, g, w, grad_w, grad_v, grad_g are all in `dtype`. eps clamps the norm from below
+// (0 = no clamp, PyTorch's exact behaviour on zero slices).
+//
+// bf16/fp16: g is divided by the norm rounded to `dtype` (where that is finite), the
+// value g holds when a layer is wrapped (g = ||v|| as stored), so wrapping scales v by
+// exactly 1 and never changes a weight. The returned norm is not rounded.
 struct FwdParams {
   Shape3 shape;
   DType dtype;

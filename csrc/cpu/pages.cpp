@@ -22,7 +22,7 @@ uintptr_t page_bytes() {
 }
 
 // The pages that hold any byte of [p, p + bytes): each of them is mapped, since the
-// bytes are. in_core gets one entry per page (mincore), or false when mincore fails.
+// bytes are. query() fills in_core, one entry per page (mincore); false if mincore fails.
 struct Pages {
   uintptr_t first, end;
   std::vector<unsigned char> in_core;
