@@ -37,11 +37,58 @@ def test_autograd_runs_the_fused_backward(isa, device, shape, dim, dtype):
 
 
 def test_vmap_matches_per_sample_calls():
-    # C++ autograd Functions run under vmap through PyTorch's per-sample fallback.
+    # The custom op runs under vmap through PyTorch's per-sample fallback.
     v = torch.randn(3, 5, 7, dtype=torch.float64)
     g = torch.randn(5, dtype=torch.float64)
     out = torch.func.vmap(lambda vi: fastwn.weight_norm(vi, g, 0))(v)
     assert torch.equal(out, torch.stack([fastwn.weight_norm(vi, g, 0) for vi in v]))
+
+
+def test_functorch_grad_matches_backward(isa):
+    # torch.func refuses C++ autograd Functions; fastwn's node is a plain autograd Node.
+    v, g = inputs((5, 3), 0, seed=11)
+    loss = lambda v_, g_: fastwn.weight_norm(v_, g_, 0).sin().sum()  # noqa: E731
+    grad_v, grad_g = torch.func.grad(loss, argnums=(0, 1))(v.detach(), g.detach())
+    loss(v, g).backward()
+    # torch.func differentiates with a graph (create_graph), so the composite backward
+    # runs: equal up to rounding, not bit for bit.
+    torch.testing.assert_close(grad_v, v.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad_g, g.grad, rtol=1e-12, atol=1e-14)
+    _, vjp = torch.func.vjp(lambda v_: fastwn.weight_norm(v_, g.detach(), 0), v.detach())
+    (cotangent_v,) = vjp(torch.cos(fastwn.weight_norm(v.detach(), g.detach(), 0)))
+    torch.testing.assert_close(cotangent_v, v.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_saved_tensors_are_freed_after_backward_unless_retained(isa):
+    v, g = inputs((4, 3), 0, seed=12)
+    w = fastwn.weight_norm(v, g, 0)
+    assert w.grad_fn.name() == "WeightNormBackward"
+    w.sum().backward(retain_graph=True)
+    first = v.grad.clone()
+    w.sum().backward()  # retained: runs again and accumulates
+    assert torch.equal(v.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        w.sum().backward()
+
+
+def test_in_place_change_of_v_after_forward_is_caught(isa):
+    v, g = inputs((4, 3), 0, seed=13)
+    v2 = v * 1  # not a leaf, so it may be changed in place
+    w = fastwn.weight_norm(v2, g, 0)
+    v2.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        w.sum().backward()
+
+
+def test_grad_of_g_alone_matches_full_backward(isa):
+    # torch.autograd.grad with inputs=(g,) prunes v's edge: the node then computes grad_g
+    # alone (the composite's reduction, so equal to the fused kernel's up to rounding).
+    v, g = inputs((6, 5), 1, seed=14)
+    grad_w = torch.randn(6, 5, dtype=torch.float64)
+    (grad_g,) = torch.autograd.grad(fastwn.weight_norm(v, g, 1), (g,), grad_w)
+    fastwn.weight_norm(v, g, 1).backward(grad_w)
+    assert v.grad is not None
+    torch.testing.assert_close(grad_g, g.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_double_backward_uses_a_differentiable_graph(isa):
@@ -110,6 +157,23 @@ def test_compile_fullgraph_matches_eager(device, dim):
     torch.testing.assert_close(loss_c, loss_e)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_autograd_of_a_compiled_step():
+    # Compiled autograd sees AOTAutograd's backward of the compiled forward, never the eager
+    # node (which has no compiled_args: README's known limits).
+    torch._dynamo.reset()
+    v, g = inputs((6, 4), 0, torch.float32, seed=15)
+    v_ref, g_ref = v.detach().clone().requires_grad_(), g.detach().clone().requires_grad_()
+
+    def step(v_, g_):
+        fastwn.weight_norm(v_, g_, 0).sin().sum().backward()
+
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(step)(v, g)
+    step(v_ref, g_ref)
+    torch.testing.assert_close(v.grad, v_ref.grad)
+    torch.testing.assert_close(g.grad, g_ref.grad)
 
 
 def test_compile_graph_calls_the_fused_ops():
