@@ -209,16 +209,12 @@ template <int64_t kRows, class Op>
 void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc,
                     int64_t ahead) {
   using V = typename Op::V;
-  if constexpr (kRows > 0) rows = kRows;
+  const int64_t count = kRows > 0 ? kRows : rows;
   if (ahead > 0)
-    for (int64_t r = ahead; r < ahead + rows; ++r) op.prefetch(off + r * stride, n);
+    for (int64_t r = ahead; r < ahead + count; ++r) op.prefetch(off + r * stride, n);
   for_chunks<V>(n, [&](int64_t j, int64_t c) {
     V a = ld<V>(acc + j, c);
-    if constexpr (kRows > 0) {
-      for (int64_t r = 0; r < kRows; ++r) a = op.acc(a, off + r * stride + j, c);
-    } else {
-      for (int64_t r = 0; r < rows; ++r) a = op.acc(a, off + r * stride + j, c);
-    }
+    for (int64_t r = 0; r < count; ++r) a = op.acc(a, off + r * stride + j, c);
     st(a, acc + j, c);
   });
 }
