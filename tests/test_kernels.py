@@ -157,6 +157,40 @@ def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
     assert (w.select(dim, 1) == 0).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((8, 70), 0), ((2, 8, 70), 1), ((70, 40), 1), ((8, 40001), 0)], ids=str)
+def test_nan_and_inf_stay_in_their_slices(isa, device, shape, dim, dtype):
+    """NaN or inf in v or g: the forward has NaN where PyTorch has it (in bf16 as c10's
+    0x7FC0), and every other slice is bit for bit what it was without them (the kernels
+    skip the NaN fix-up of the rounding only for slices whose norm and scale are finite:
+    kernels.cpp, FwdOp). Covers fused rows, (outer, D, inner) slices, columns and long rows."""
+    gen = torch.Generator().manual_seed(9)
+    v = make(shape, dtype, "contiguous", gen, device)
+    g = g_for(v, dim, gen)
+    clean, _ = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+
+    def put(d, k, x):  # element k (in the order of a C loop) of slice d
+        idx = [int(i) for i in np.unravel_index(k, v.select(dim, d).shape)]
+        v[tuple(idx[:dim] + [d] + idx[dim:])] = x
+
+    put(1, 3, float("nan"))
+    put(2, 0, float("inf"))
+    put(5, 1, 0.0)  # with g = inf: 0 * inf is NaN, the rest of the slice inf
+    g.view(-1)[3], g.view(-1)[4], g.view(-1)[5] = float("inf"), float("nan"), float("inf")
+    w, _ = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+    expected = torch_weight_norm(v, g, dim)
+    assert torch.equal(torch.isnan(w), torch.isnan(expected))
+    for d in (1, 4, 5):
+        assert torch.isnan(w.select(dim, d)).any(), d
+    assert torch.isinf(w.select(dim, 3)).all()  # finite v times an infinite scale
+    torch.testing.assert_close(w, expected, equal_nan=True, atol=1e-2, rtol=1e-2)
+    for d in (0, 6, 7):
+        assert torch.equal(w.select(dim, d), clean.select(dim, d)), d
+    if dtype == torch.bfloat16:
+        bits = w.view(torch.int16)[torch.isnan(w)]
+        assert (bits == 0x7FC0).all()
+
+
 def test_results_do_not_depend_on_thread_count(isa):
     gen = torch.Generator().manual_seed(5)
     cases = [((512, 700), 0), ((700, 512), 1), ((8200, 130), 1), ((64, 40000), 0), ((3, 200, 700), 1), ((300000,), None)]

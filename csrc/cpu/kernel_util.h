@@ -22,6 +22,18 @@ template <class V, class T>
 inline V ld(const T* p, int64_t n) { return n == V::W ? V::load(p) : V::load(p, n); }
 template <class V, class T>
 inline void st(const V& v, T* p, int64_t n) { n == V::W ? v.store(p) : v.store(p, n); }
+// A full vector's store (stream = false) or non-temporal stream, passing vec.h's NoNaN
+// tag on to the vector types that take it.
+template <bool stream, class V, class T, class... Tag>
+inline void st_full(const V& v, T* p, Tag... tag) {
+  if constexpr (stream) {
+    if constexpr (requires { v.stream(p, tag...); }) v.stream(p, tag...);
+    else v.stream(p);
+  } else {
+    if constexpr (requires { v.store(p, tag...); }) v.store(p, tag...);
+    else v.store(p);
+  }
+}
 
 // The accumulation type: fp64 for fp64, fp32 for everything else.
 template <class T>

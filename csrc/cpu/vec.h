@@ -69,6 +69,11 @@ template <> inline f16_t from_acc<f16_t>(float a) {
 
 template <class A> struct Vec;
 
+// Tag for a full-width store or stream of values known not to be NaN: a vector type
+// whose conversion has a NaN fix-up (AVX2's bf16) may leave it out; every other type
+// ignores the tag (kernel_util.h's st_full).
+struct NoNaN {};
+
 // Orders this thread's non-temporal stores before whatever it does next.
 inline void fence() {
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -155,11 +160,15 @@ template <class V, class T> inline void store_partial(const V& v, T* p, int64_t 
 }
 
 // float -> bf16 bits in the low half of each 32-bit lane, round to nearest even; NaN
-// becomes c10's 0x7FC0.
+// becomes c10's 0x7FC0. kMayBeNaN = false (NoNaN below) leaves out that fix-up, a
+// compare and a blend per 8 lanes, for values the caller knows are not NaN: the result
+// is then the same, bit for bit.
+template <bool kMayBeNaN = true>
 inline __m256i round_bf16(__m256 x) {
   __m256i b = _mm256_castps_si256(x);
   __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  if constexpr (!kMayBeNaN) return r;
   __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
 }
@@ -246,8 +255,10 @@ struct VecBf16 {
     _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
   void store(bf16_t* p) const { _mm256_storeu_si256((__m256i*)p, packed()); }
+  void store(bf16_t* p, NoNaN) const { _mm256_storeu_si256((__m256i*)p, packed<false>()); }
   template <class T> void store(T* p, int64_t n) const { store_partial(*this, p, n); }
   void stream(bf16_t* p) const { _mm256_stream_si256((__m256i*)p, packed()); }
+  void stream(bf16_t* p, NoNaN) const { _mm256_stream_si256((__m256i*)p, packed<false>()); }
   float hsum() const { return Vec<float>{_mm256_add_ps(lo, hi)}.hsum(); }
   friend VecBf16 operator+(VecBf16 a, VecBf16 b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
   friend VecBf16 operator*(VecBf16 a, VecBf16 b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
@@ -256,7 +267,8 @@ struct VecBf16 {
   }
 
  private:
-  __m256i packed() const { return _mm256_packus_epi32(round_bf16(lo), round_bf16(hi)); }
+  template <bool kMayBeNaN = true>
+  __m256i packed() const { return _mm256_packus_epi32(round_bf16<kMayBeNaN>(lo), round_bf16<kMayBeNaN>(hi)); }
 };
 
 #else  // portable path: plain C++ over 8 lanes
