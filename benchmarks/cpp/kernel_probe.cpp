@@ -1,9 +1,10 @@
-// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum]   (DTYPE: f32, bf16 or f16;
+// kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum|copy]   (DTYPE: f32, bf16 or f16;
 // PROBE_OFFSETS=V,GW,OUT places the tensors, see below)
 // Built by tests/cpp's CMake project on request:
 //   cmake -S tests/cpp -B build/probe && cmake --build build/probe --target kernel_probe
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
-// floor the kernel's passes are measured against) REPS times and prints the median time
+// floor the kernel's passes are measured against, or a memcpy of v's bytes to the
+// output: the benchmark's clone without the allocation) REPS times and prints the median time
 // per call. Inputs are random and resident (touched before timing). One thread, or
 // PROBE_THREADS=2: the kernel's tasks split between two std::threads as torch splits them.
 #include <algorithm>
@@ -48,7 +49,7 @@ double median_us(int reps, F f) {
 
 int main(int argc, char** argv) {
   if (argc < 7) {
-    std::fprintf(stderr, "usage: kernel_probe scalar|avx2|avx512 f32|bf16|f16 OUTER D INNER REPS [fwd|bwd|mul|sum]\n");
+    std::fprintf(stderr, "usage: kernel_probe scalar|avx2|avx512 f32|bf16|f16 OUTER D INNER REPS [fwd|bwd|mul|sum|copy]\n");
     return 2;
   }
   const std::string isa = argv[1], dt = argv[2], what = argc > 7 ? argv[7] : "fwd";
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
     us = median_us(reps, bwd);
   }
   else if (what == "mul") us = median_us(reps, mul);
+  else if (what == "copy") us = median_us(reps, [&] { std::memcpy(out.data(), v.data(), v.size()); });
   else us = median_us(reps, sum);
   const double bytes = double(n) * (what == "sum" ? 4 : what == "mul" ? 8 : what == "bwd" ? 3 * es : 2 * es);
   std::printf("%s %s %s [%lld,%lld,%lld]: %.1f us, %.1f GB/s\n", what.c_str(), isa.c_str(), dt.c_str(),
