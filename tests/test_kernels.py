@@ -160,25 +160,36 @@ def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,dim", [((8, 70), 0), ((2, 8, 70), 1), ((70, 40), 1), ((8, 40001), 0)], ids=str)
 def test_nan_and_inf_stay_in_their_slices(isa, device, shape, dim, dtype):
-    """NaN or inf in v or g: the forward has NaN where PyTorch has it (in bf16 as c10's
-    0x7FC0), and every other slice is bit for bit what it was without them (the kernels
-    skip the NaN fix-up of the rounding only for slices whose norm and scale are finite:
-    kernels.cpp, FwdOp). Covers fused rows, (outer, D, inner) slices, columns and long rows."""
+    """NaN or inf in v, g or grad_w: the forward has NaN where PyTorch has it, the
+    backward NaN in the slices they reach, in bf16 always as c10's 0x7FC0, and every
+    other slice is bit for bit what it was without them. (The kernels store slices whose
+    reduction and coefficients are finite without the NaN fix-up of the bf16 rounding:
+    kernels.cpp, with_nan_tag.) Covers fused rows, (outer, D, inner) slices, columns and
+    long rows."""
     gen = torch.Generator().manual_seed(9)
     v = make(shape, dtype, "contiguous", gen, device)
     g = g_for(v, dim, gen)
-    clean, _ = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+    grad_w = make(shape, dtype, "contiguous", gen, device)
+    clean, norm = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+    clean_grads = torch.ops.fastwn.weight_norm_bwd(grad_w, v, g, norm, dim, 0.0)
 
-    def put(d, k, x):  # element k (in the order of a C loop) of slice d
-        idx = [int(i) for i in np.unravel_index(k, v.select(dim, d).shape)]
-        v[tuple(idx[:dim] + [d] + idx[dim:])] = x
+    def put(t, d, k, x):  # element k (in the order of a C loop) of slice d
+        idx = [int(i) for i in np.unravel_index(k, t.select(dim, d).shape)]
+        t[tuple(idx[:dim] + [d] + idx[dim:])] = x
 
-    put(1, 3, float("nan"))
-    put(2, 0, float("inf"))
-    put(5, 1, 0.0)  # with g = inf: 0 * inf is NaN, the rest of the slice inf
-    g.view(-1)[3], g.view(-1)[4], g.view(-1)[5] = float("inf"), float("nan"), float("inf")
-    w, _ = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
-    expected = torch_weight_norm(v, g, dim)
+    def assert_c10_nan(t):
+        if dtype == torch.bfloat16:
+            assert (t.view(torch.int16)[torch.isnan(t)] == 0x7FC0).all()
+
+    # Forward: NaN in v; inf in v (norm inf); inf and NaN in g; 0 * inf (x86's default
+    # NaN is negative, 0xFFC0 in bf16 without the fix-up).
+    vf, gf = v.clone(), g.clone()
+    put(vf, 1, 3, float("nan"))
+    put(vf, 2, 0, float("inf"))
+    put(vf, 5, 1, 0.0)
+    gf.view(-1)[3], gf.view(-1)[4], gf.view(-1)[5] = float("inf"), float("nan"), float("inf")
+    w, _ = torch.ops.fastwn.weight_norm_fwd(vf, gf, dim, 0.0)
+    expected = torch_weight_norm(vf, gf, dim)
     assert torch.equal(torch.isnan(w), torch.isnan(expected))
     for d in (1, 4, 5):
         assert torch.isnan(w.select(dim, d)).any(), d
@@ -186,9 +197,25 @@ def test_nan_and_inf_stay_in_their_slices(isa, device, shape, dim, dtype):
     torch.testing.assert_close(w, expected, equal_nan=True, atol=1e-2, rtol=1e-2)
     for d in (0, 6, 7):
         assert torch.equal(w.select(dim, d), clean.select(dim, d)), d
-    if dtype == torch.bfloat16:
-        bits = w.view(torch.int16)[torch.isnan(w)]
-        assert (bits == 0x7FC0).all()
+    assert_c10_nan(w)
+
+    # Backward, with the clean norm: NaN in grad_w; inf in grad_w against a 0 in v (dot
+    # is 0 * inf); inf in v; inf in g.
+    gwb, vb, gb = grad_w.clone(), v.clone(), g.clone()
+    put(gwb, 1, 2, float("nan"))
+    put(vb, 2, 4, 0.0)
+    put(gwb, 2, 4, float("inf"))
+    put(vb, 3, 0, float("inf"))
+    gb.view(-1)[4] = float("inf")
+    grad_v, grad_g = torch.ops.fastwn.weight_norm_bwd(gwb, vb, gb, norm, dim, 0.0)
+    for d in (1, 2):
+        assert torch.isnan(grad_v.select(dim, d)).all(), d  # dot is NaN: so is b
+    for d in (3, 4):  # dot or a infinite: inf, or NaN where two infs meet
+        assert not torch.isfinite(grad_v.select(dim, d)).any(), d
+    for d in (0, 5, 6, 7):
+        assert torch.equal(grad_v.select(dim, d), clean_grads[0].select(dim, d)), d
+        assert torch.equal(grad_g.view(-1)[d], clean_grads[1].view(-1)[d]), d
+    assert_c10_nan(grad_v)
 
 
 def test_results_do_not_depend_on_thread_count(isa):

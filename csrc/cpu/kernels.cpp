@@ -88,11 +88,11 @@ A divisor(A n, A eps) {
 // An op says what one vector chunk of elements [i, i + c) contributes and writes; the
 // driver below owns every loop:
 //   acc(a, i, c)                   a + the chunk's reduction terms
-//   finish(d, total)               the per-d step once slice d is reduced
+//   finish(d, total)               the per-d step once slice d is reduced; returns
+//                                  whether slice d's outputs cannot be NaN, so that
+//                                  put may take vec.h's NoNaN (see with_nan_tag)
 //   coef(d), coef_columns(d0, c)   per-d coefficients, broadcast or one per lane
 //   put(i, c, k[, NoNaN{}])        writes the chunk's outputs with coefficients k
-//   no_nan(d), no_nan_all()        whether slice d's (every slice's) outputs cannot be
-//                                  NaN, so that put may take vec.h's NoNaN
 //   prepare(i, n)                  readies outputs [i, i + n) for writing (Output)
 // The loops below take the op by value: the intrinsics' vector types may alias
 // anything, so after each store the compiler would reload every pointer of an op it
@@ -102,11 +102,7 @@ A divisor(A n, A eps) {
 // The outputs of slice d, v * scale[d], cannot be NaN when norm[d] and scale[d] are
 // finite: a finite sum of squares has only finite terms, so every v of the slice is
 // finite, and a product of finite numbers is never NaN (it may overflow to inf, which the
-// rounding handles). Such slices are stored with vec.h's NoNaN (no_nan below): on AVX2
-// that leaves 4 of the 23 vector operations per 16 bf16 elements out of the forward.
-// (1024, 1024) rows bf16, kernel_probe, 1 thread, Zen 3 VM: callgrind 15.4 -> 13.1
-// instructions per 8 elements; medians of 10 alternating rounds 200-250 -> 169-217 us,
-// and for (128, 1024) (in the L2) 24.0-30.8 -> 20.2-25.9 us.
+// rounding handles).
 template <class T>
 struct FwdOp {
   using A = acc_t<T>;
@@ -119,9 +115,6 @@ struct FwdOp {
   A eps;
   A* scale;  // workspace [D]
   bool round_scale;  // kernels.h: PyTorch's composite rounding for bf16/fp16
-  // Set by finish() when some slice's outputs may be NaN: the columns' coefficients
-  // cover many slices at once, so they go by this one flag for the whole tensor.
-  std::atomic<bool>* may_be_nan;
 
   static constexpr int kStreams = 1;  // tensors the reduction reads
   void prefetch(int64_t i, int64_t n) const { prefetch_range(v + i, n); }
@@ -129,16 +122,13 @@ struct FwdOp {
     const V x = ld<V>(v + i, c);
     return fma(x, x, a);
   }
-  void finish(int64_t d, A sumsq) const {
+  bool finish(int64_t d, A sumsq) const {
     const A n = std::sqrt(sumsq);
     norm[d] = n;
     const A s = to_acc(g[d]) / divisor<T>(n, eps);
     scale[d] = round_scale ? to_acc(from_acc<T>(s)) : s;
-    if (!finite(d)) may_be_nan->store(true, std::memory_order_relaxed);
+    return std::isfinite(n) && std::isfinite(scale[d]);
   }
-  bool finite(int64_t d) const { return std::isfinite(norm[d]) && std::isfinite(scale[d]); }
-  bool no_nan(int64_t d) const { return finite(d); }
-  bool no_nan_all() const { return !may_be_nan->load(std::memory_order_relaxed); }
   Coef coef(int64_t d) const { return {V::set1(scale[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(scale + d0, c)}; }
   template <class... Tag>
@@ -151,6 +141,12 @@ struct FwdOp {
 // Backward: dot[d] = <grad_w, v>[d]; grad_g = dot / n_eff;
 // grad_v = a[d] * grad_w + b[d] * v with a = g / n_eff and, unless the norm was
 // clamped by eps, b = -g * dot / norm^3 (the projection away from w).
+// The outputs of slice d cannot be NaN when dot, a and b are finite. A finite dot has
+// only finite terms grad_w * v, and such a term has finite factors (inf * 0 is NaN, inf
+// times anything else inf), whatever norm the caller passed. Then a * grad_w is finite or
+// inf, and fma(b, v, that) adds the exact, finite b * v to it: finite or inf, never NaN.
+// That needs the multiply-add fused, as the one vector that takes NoNaN (AVX2's VecBf16)
+// has it: a rounded b * v could overflow to -inf against an inf.
 template <class T>
 struct BwdOp {
   using A = acc_t<T>;
@@ -169,7 +165,7 @@ struct BwdOp {
   static constexpr int kStreams = 2;
   void prefetch(int64_t i, int64_t n) const { prefetch_range(gw + i, n), prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
-  void finish(int64_t d, A dot) const {
+  bool finish(int64_t d, A dot) const {
     const A n = norm[d];
     const A n_eff = divisor<T>(n, eps);
     const A a = to_acc(g[d]) / n_eff;
@@ -177,24 +173,30 @@ struct BwdOp {
     coef_a[d] = a;
     // Written as a * (dot / n) / n so that large norms do not overflow n^3.
     coef_b[d] = n >= eps ? -a * (dot / n) / n : A(0);
+    return std::isfinite(dot) && std::isfinite(a) && std::isfinite(coef_b[d]);
   }
-  // grad_v may be NaN even where every input is finite (an a * grad_w that overflows to
-  // inf meeting a b * v of -inf), so the backward never takes NoNaN.
-  static bool no_nan(int64_t) { return false; }
-  static bool no_nan_all() { return false; }
   Coef coef(int64_t d) const { return {V::set1(coef_a[d]), V::set1(coef_b[d])}; }
   Coef coef_columns(int64_t d0, int64_t c) const { return {ld<V>(coef_a + d0, c), ld<V>(coef_b + d0, c)}; }
   template <class... Tag>
-  void put(int64_t i, int64_t c, const Coef& k, Tag...) const {
-    st_out(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv, i, c);
+  void put(int64_t i, int64_t c, const Coef& k, Tag... tag) const {
+    st_out(fma(k.b, ld<V>(v + i, c), k.a * ld<V>(gw + i, c)), gv, i, c, tag...);
   }
   void prepare(int64_t i, int64_t n) const { gv.prepare(i, n); }
 };
 
+// The loops over vector chunks, for_chunks and reduce, are flattened: every call in them
+// (an op's acc and put, a caller's lambda, the loads and stores under those) is inlined.
+// GCC's heuristics otherwise left some out of line, so that each chunk paid a call with
+// its vectors passed through memory, and which ones moved with unrelated edits.
+// kernel_probe (1024, 1024) rows bf16, callgrind, instructions per call: backward 4.16M
+// with BwdOp::put out of line, 2.39M after an edit that happened to inline it; forward
+// 1.77M, 3.16M once forcing put inline pushed fused_rows' lambda out of line.
+#define FASTWN_FLATTEN [[gnu::flatten]]
+
 // f(j, c) over [0, n) in chunks of c = W lanes, then one tail chunk. The full chunks
 // pass W as a constant, so ld/st compile to plain unmasked moves in the body.
 template <class V, class F>
-inline void for_chunks(int64_t n, F f) {
+FASTWN_FLATTEN inline void for_chunks(int64_t n, F f) {
   int64_t j = 0;
   for (; j + V::W <= n; j += V::W) f(j, V::W);
   if (j < n) f(j, n - j);
@@ -209,7 +211,7 @@ struct NoSide {
 // rescales the previous row there, so this row's memory reads overlap that row's
 // stores, as in a copy, instead of alternating with them. side never changes the sum.
 template <class Op, class Side = NoSide>
-typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
+FASTWN_FLATTEN typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
   using V = typename Op::V;
   constexpr int64_t W = V::W;
   V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
@@ -308,28 +310,30 @@ void add_into(A* acc, const A* x, int64_t n) {
   for_chunks<V>(n, [&](int64_t j, int64_t c) { st(ld<V>(acc + j, c) + ld<V>(x + j, c), acc + j, c); });
 }
 
-// f(NoNaN{}) when no_nan, else f(): the loops in f are compiled both ways, so the choice
-// costs a branch per row or segment instead of one per chunk (which, tried per chunk,
-// doubled the (128, 1024) bf16 forward's time).
+// f(NoNaN{}) when the outputs cannot be NaN (finish() said so), else f(). Outputs so
+// marked are stored without the NaN fix-up of the bf16 rounding, bit for bit the same:
+// on AVX2 that is 4 of the 23 vector operations per 16 bf16 elements of the forward.
+// kernel_probe, (1024, 1024) rows bf16 forward, 1 thread, Zen 3 VM: callgrind 15.4 ->
+// 13.1 instructions per 8 elements; 8 alternating rounds in a quiet minute 185-188 ->
+// 154-157 us, (128, 1024) (in the L2) 22.9-23.4 -> 19.1-19.5 us. Fused rows decide per
+// row, the other paths once for the tensor. The loops in f are compiled both ways, so the
+// choice costs a branch per row or segment: one per chunk, tried first, doubled the
+// (128, 1024) forward's time.
 template <class F>
 inline void with_nan_tag(bool no_nan, F f) {
   if (no_nan) f(NoNaN{});
   else f();
 }
 
-template <class Op>
-void apply(Op op, int64_t off, int64_t n, int64_t d) {
+template <class Op, class... Tag>
+void apply(Op op, int64_t off, int64_t n, int64_t d, Tag... tag) {
   const auto k = op.coef(d);
-  with_nan_tag(op.no_nan(d), [&](auto... tag) {
-    for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, k, tag...); });
-  });
+  for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, k, tag...); });
 }
 
-template <class Op>
-void apply_columns(Op op, int64_t off, int64_t n, int64_t d0) {
-  with_nan_tag(op.no_nan_all(), [&](auto... tag) {
-    for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c), tag...); });
-  });
+template <class Op, class... Tag>
+void apply_columns(Op op, int64_t off, int64_t n, int64_t d0, Tag... tag) {
+  for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c), tag...); });
 }
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
@@ -345,17 +349,17 @@ void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
     op.prepare(ready, to - ready);
     ready = to;
   };
-  op.finish(b, reduce(op, b * n, n));
+  bool no_nan = op.finish(b, reduce(op, b * n, n));  // row d's, in the loop
   for (int64_t d = b; d + 1 < e; ++d) {
     const auto k = op.coef(d);
     const int64_t cur = d * n;
     prepare_rows(d + 1);
-    with_nan_tag(op.no_nan(d), [&](auto... tag) {
-      op.finish(d + 1, reduce(op, cur + n, n, [&](int64_t j, int64_t c) { op.put(cur + j, c, k, tag...); }));
+    with_nan_tag(no_nan, [&](auto... tag) {
+      no_nan = op.finish(d + 1, reduce(op, cur + n, n, [&](int64_t j, int64_t c) { op.put(cur + j, c, k, tag...); }));
     });
   }
   prepare_rows(e);
-  apply(op, (e - 1) * n, n, e - 1);
+  with_nan_tag(no_nan, [&](auto... tag) { apply(op, (e - 1) * n, n, e - 1, tag...); });
 }
 
 // How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
@@ -437,21 +441,27 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   // Each d's partial sums added in k order, as a scalar loop would, W columns at a time:
   // a scalar loop walks partial with a D-element stride and chains one add per load
   // ((1024, 1024) columns: 64 strided adds for each of 1024 columns).
+  // Whether some slice's outputs may be NaN: a column segment's coefficients span many
+  // slices, so past the fused rows the choice is made once for the whole tensor.
+  std::atomic<bool> may_be_nan{false};
   auto finish = [&](int64_t b, int64_t e) {
     using V = typename Op::V;
     A total[V::W];
+    bool no_nan = true;
     for (int64_t d = b; d < e; d += V::W) {
       const int64_t c = std::min<int64_t>(V::W, e - d);
       V t = V::zero();
       for (int64_t k = 0; k < r.C * r.P; ++k) t = t + ld<V>(partial.get() + k * D + d, c);
       t.store(total);
-      for (int64_t j = 0; j < c; ++j) op.finish(d + j, total[j]);
+      for (int64_t j = 0; j < c; ++j) no_nan &= op.finish(d + j, total[j]);
     }
+    if (!no_nan) may_be_nan.store(true, std::memory_order_relaxed);
   };
   parallel(par, D, std::max<int64_t>(1, 4096 / (r.C * r.P)), finish);
+  const bool no_nan = !may_be_nan.load(std::memory_order_relaxed);
 
   // Elementwise pass over the flat range; each run stops at a segment's end.
-  auto elementwise = [&](int64_t b, int64_t e) {
+  auto elementwise = [&](int64_t b, int64_t e, auto... tag) {
     for (int64_t t = b; t < e; ++t) {
       int64_t idx = t * kApplyGrain;
       const int64_t end = std::min(N, idx + kApplyGrain);
@@ -460,27 +470,29 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
         // Segments are rows of D: after the first, each starts at d = 0 (one division
         // per task, not one per row).
         for (int64_t d = idx % D; idx < end; idx += D - d, d = 0)
-          apply_columns(op, idx, std::min(end - idx, D - d), d);
+          apply_columns(op, idx, std::min(end - idx, D - d), d, tag...);
       } else {
         while (idx < end) {
           const int64_t d = (idx / inner) % D, i = idx % inner, n = std::min(end - idx, inner - i);
-          apply(op, idx, n, d);
+          apply(op, idx, n, d, tag...);
           idx += n;
         }
       }
     }
     fence();
   };
-  parallel(par, ceil_div(N, kApplyGrain), 1, elementwise);
+  auto elementwise_tagged = [&](int64_t b, int64_t e) {
+    with_nan_tag(no_nan, [&](auto... tag) { elementwise(b, e, tag...); });
+  };
+  parallel(par, ceil_div(N, kApplyGrain), 1, elementwise_tagged);
 }
 
 template <class T>
 void forward_t(const FwdParams& p, ParallelFor par) {
   using A = acc_t<T>;
   std::unique_ptr<A[]> scale(new A[std::max<int64_t>(p.shape.D, 1)]);
-  std::atomic<bool> may_be_nan{false};
   const FwdOp<T> op{static_cast<const T*>(p.v), static_cast<const T*>(p.g), {static_cast<T*>(p.w), p.write_w},
-                    static_cast<A*>(p.norm), A(p.eps), scale.get(), p.round_scale, &may_be_nan};
+                    static_cast<A*>(p.norm), A(p.eps), scale.get(), p.round_scale};
   run(op, p.shape, sizeof(T), par);
 }
 
