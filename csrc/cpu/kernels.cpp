@@ -184,19 +184,22 @@ struct BwdOp {
   void prepare(int64_t i, int64_t n) const { gv.prepare(i, n); }
 };
 
-// The loops over vector chunks, for_chunks and reduce, are flattened: every call in them
-// (an op's acc and put, a caller's lambda, the loads and stores under those) is inlined.
-// GCC's heuristics otherwise left some out of line, so that each chunk paid a call with
-// its vectors passed through memory, and which ones moved with unrelated edits.
-// kernel_probe (1024, 1024) rows bf16, callgrind, instructions per call: backward 4.16M
-// with BwdOp::put out of line, 2.39M after an edit that happened to inline it; forward
-// 1.77M, 3.16M once forcing put inline pushed fused_rows' lambda out of line.
+// reduce is flattened: every call in it (an op's acc, the side lambda, put and the
+// stores under them) is inlined. GCC's heuristics otherwise left some out of line, so
+// that each chunk paid a call with its vectors passed through memory, and which ones moved
+// with unrelated edits. kernel_probe (1024, 1024) rows, callgrind, instructions per call:
+// bf16 backward 4.16M with BwdOp::put out of line, 2.22M flattened; fp32 and fp16 rows
+// 7-16 % more after an unrelated edit (c1f0344), back to before flattened; forcing put
+// alone inline pushed fused_rows' lambda out of line instead (bf16 forward 3.16M, 1.76M
+// flattened). Flattening for_chunks as well changed no count by more than 5 %; it is
+// left off because the benchmark's fp16 column forwards read 0.91-0.99x torch with it in
+// one quick run and 0.99-1.26x without (not resolved: their counts are the same).
 #define FASTWN_FLATTEN [[gnu::flatten]]
 
 // f(j, c) over [0, n) in chunks of c = W lanes, then one tail chunk. The full chunks
 // pass W as a constant, so ld/st compile to plain unmasked moves in the body.
 template <class V, class F>
-FASTWN_FLATTEN inline void for_chunks(int64_t n, F f) {
+inline void for_chunks(int64_t n, F f) {
   int64_t j = 0;
   for (; j + V::W <= n; j += V::W) f(j, V::W);
   if (j < n) f(j, n - j);
@@ -349,7 +352,7 @@ void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
     op.prepare(ready, to - ready);
     ready = to;
   };
-  bool no_nan = op.finish(b, reduce(op, b * n, n));  // row d's, in the loop
+  bool no_nan = op.finish(b, reduce(op, b * n, n));  // for the row the loop rescales next
   for (int64_t d = b; d + 1 < e; ++d) {
     const auto k = op.coef(d);
     const int64_t cur = d * n;
@@ -438,12 +441,12 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   };
   parallel(par, r.C * r.P * r.NB, 1, reduce_tasks);
 
-  // Each d's partial sums added in k order, as a scalar loop would, W columns at a time:
-  // a scalar loop walks partial with a D-element stride and chains one add per load
-  // ((1024, 1024) columns: 64 strided adds for each of 1024 columns).
   // Whether some slice's outputs may be NaN: a column segment's coefficients span many
   // slices, so past the fused rows the choice is made once for the whole tensor.
   std::atomic<bool> may_be_nan{false};
+  // Each d's partial sums added in k order, as a scalar loop would, W columns at a time:
+  // a scalar loop walks partial with a D-element stride and chains one add per load
+  // ((1024, 1024) columns: 64 strided adds for each of 1024 columns).
   auto finish = [&](int64_t b, int64_t e) {
     using V = typename Op::V;
     A total[V::W];

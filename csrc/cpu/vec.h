@@ -160,7 +160,7 @@ template <class V, class T> inline void store_partial(const V& v, T* p, int64_t 
 }
 
 // float -> bf16 bits in the low half of each 32-bit lane, round to nearest even; NaN
-// becomes c10's 0x7FC0. kMayBeNaN = false (NoNaN below) leaves out that fix-up, a
+// becomes c10's 0x7FC0. kMayBeNaN = false (the NoNaN stores) leaves out that fix-up, a
 // compare and a blend per 8 lanes, for values the caller knows are not NaN: the result
 // is then the same, bit for bit.
 template <bool kMayBeNaN = true>
