@@ -70,8 +70,8 @@ template <> inline f16_t from_acc<f16_t>(float a) {
 template <class A> struct Vec;
 
 // Tag for a full-width store or stream of values known not to be NaN: a vector type
-// whose conversion has a NaN fix-up (AVX2's bf16) may leave it out; every other type
-// ignores the tag (kernel_util.h's st_full).
+// whose conversion has a NaN fix-up (bf16, AVX2 and AVX-512) may leave it out; every
+// other type ignores the tag (kernel_util.h's st_full).
 struct NoNaN {};
 
 // Orders this thread's non-temporal stores before whatever it does next.
@@ -85,12 +85,15 @@ inline void fence() {
 
 inline __mmask16 mask16(int64_t n) { return __mmask16((1u << n) - 1u); }
 
-// float -> bf16 bits, round to nearest even; NaN becomes c10's 0x7FC0.
+// float -> bf16 bits, round to nearest even; NaN becomes c10's 0x7FC0. kMayBeNaN = false
+// (the NoNaN stores) leaves out that fix-up, a compare and a masked move per 16 lanes,
+// for values the caller knows are not NaN: the result is then the same, bit for bit.
+template <bool kMayBeNaN = true>
 inline __m256i cvt_bf16(__m512 x) {
   __m512i b = _mm512_castps_si512(x);
   __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  if constexpr (kMayBeNaN) r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   return _mm512_cvtepi32_epi16(r);
 }
 inline __m512 widen_bf16(__m256i h) {
@@ -114,8 +117,10 @@ template <> struct Vec<float> {
   void store(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, mask16(n), x); }
   void stream(float* p) const { _mm512_stream_ps(p, x); }
   void stream(bf16_t* p) const { _mm256_stream_si256((__m256i*)p, cvt_bf16(x)); }
+  void stream(bf16_t* p, NoNaN) const { _mm256_stream_si256((__m256i*)p, cvt_bf16<false>(x)); }
   void stream(f16_t* p) const { _mm256_stream_si256((__m256i*)p, _mm512_cvtps_ph(x, kRoundNearest)); }
   void store(bf16_t* p) const { _mm256_storeu_si256((__m256i*)p, cvt_bf16(x)); }
+  void store(bf16_t* p, NoNaN) const { _mm256_storeu_si256((__m256i*)p, cvt_bf16<false>(x)); }
   void store(bf16_t* p, int64_t n) const { _mm256_mask_storeu_epi16(p, mask16(n), cvt_bf16(x)); }
   void store(f16_t* p) const { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, kRoundNearest)); }
   void store(f16_t* p, int64_t n) const { _mm256_mask_storeu_epi16(p, mask16(n), _mm512_cvtps_ph(x, kRoundNearest)); }
