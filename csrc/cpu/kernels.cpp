@@ -275,12 +275,21 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // prefetcher follows: 8 rows per pass, no software prefetch. Short rows are not (a
 // stream ends before the prefetcher has ramped up), so when they come from beyond the
 // L2 (inputs over 4 MiB), each group asks for the rows about 4 KiB ahead itself, and a
-// group spans about 1 KiB of each input: fewer, longer streams in flight. Zen 3 VM,
-// kernel_probe, medians of 15 rounds that alternate with 8 rows and no prefetch (ms,
-// that -> this):
+// group spans about 1 KiB of each input (512 B where the loads do not widen: fp32,
+// fp64): fewer, longer streams in flight. Zen 3 VM, kernel_probe, medians of 15 rounds
+// that alternate with 8 rows and no prefetch (ms, that -> this, with 1 KiB groups):
 //   (36864, 128) columns, 1 thread: fp32 fwd 6.2 -> 5.1, bwd 10.5 -> 7.9;
 //     bf16 fwd 3.5 -> 3.1, bwd 5.0 -> 4.3; 2 threads: fp32 fwd 3.5 -> 3.0, bwd 6.6 -> 5.2;
 //   (9216, 512) columns, 1 thread: fp32 fwd 5.2 -> 4.6, bf16 bwd 7.5 -> 5.5.
+// The 512 B groups come from the Zen 4 VM (avx512, 1 thread, 10 alternating rounds,
+// medians): (36864, 128) columns fp32 forward 2.18 ms with 2 rows per group (1 KiB),
+// 1.72 ms with 1, which won all 10 rounds, 5 of 6 at 2 threads, and 6 of 6 with the avx2
+// kernel; 4 or 8 rows read 2.0-2.1 ms; the prefetch made no difference at 1 or 2 rows.
+// There bf16 and fp16 go the other way (1 row per group 0.79 and 0.72 ms, 4 rows 0.67
+// and 0.56: their widening loads make the accumulators' load and store per group the
+// larger share), and (73728, 64) fp32 read the same with 1, 2 or 4 rows. fp64 rows of 128
+// are 1 KiB, 1 row per group with either size; forced to 2 rows they read 2.14-2.46 ms,
+// 1 row 1.91-2.04 (3 rounds). 1 row was not measured on the Zen 3.
 // A tensor that stays in cache between calls gains nothing from either and pays for the
 // accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads, 0.218 ms with
 // 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the forward (the L1 rule
@@ -298,13 +307,14 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 struct ColumnPlan {
   int64_t rows, ahead;
 };
-ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes) {
-  constexpr int64_t kPage = 4096, kGroupBytes = 1024, kCacheResident = int64_t(4) << 20;
+ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
+  constexpr int64_t kPage = 4096, kCacheResident = int64_t(4) << 20;
+  const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
   const int64_t fit = std::clamp(period * (kL1Ways / streams), int64_t(1), kMaxRows);
   if (row_bytes >= kPage || input_bytes <= kCacheResident) return {fit, 0};
-  return {std::clamp(kGroupBytes / (row_bytes * streams), int64_t(1), fit), ceil_div(kPage, row_bytes)};
+  return {std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit), ceil_div(kPage, row_bytes)};
 }
 
 // acc[j] += x[j] for j in [0, n).
@@ -420,7 +430,8 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes);
+        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes,
+                                           elem_bytes < int64_t(sizeof(A)));
         A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
         for (int64_t ob = o0; ob < o1; ob += kSumRows) {
           const int64_t ob1 = std::min(o1, ob + kSumRows);
