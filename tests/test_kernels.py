@@ -1,5 +1,6 @@
 """Forward and backward of the fused operators against the float64 NumPy reference,
 on every CPU ISA path (and CUDA where present), every dtype, odd sizes and layouts."""
+import math
 import zlib
 
 import numpy as np
@@ -155,6 +156,35 @@ def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
     w, _ = check_forward_backward(v, g_for(v, dim, gen), dim, eps=1e-2)
     assert torch.isfinite(w).all()
     assert (w.select(dim, 1) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("shape", [(3, 12, 37), (2, 12, 64)], ids=str)
+def test_rounding_to_half_dtypes_is_torchs_bit_for_bit(isa, shape, dtype):
+    """The vector conversions from float: round to nearest even at exact ties and into
+    the subnormals, in full vectors and tails. On a middle dim torch and fastwn round the
+    scale to the dtype and then both compute v * scale in float32, exactly (significands
+    of at most 11 bits each), so every output is that product rounded once and must be
+    torch's bits. The slices' g are tiny (subnormal outputs), near 1 and near the
+    dtype's largest; half of v has 4-bit significands, whose products often sit exactly
+    halfway between two values of the dtype."""
+    gen = torch.Generator().manual_seed(10)
+    info = torch.finfo(dtype)
+    full = torch.randn(shape, generator=gen, dtype=torch.float64)
+    short = torch.randint(-15, 16, shape, generator=gen).double() / 8
+    v = torch.where(torch.rand(shape, generator=gen) < 0.5, full, short).to(dtype)
+    exps = [math.log2(info.smallest_normal) + 2, 0, math.floor(math.log2(info.max)) - 1]
+    g = torch.tensor([(-1) ** d * 2.0 ** exps[d % 3] for d in range(shape[1])], dtype=dtype)
+    w, _ = torch.ops.fastwn.weight_norm_fwd(v, g, 1, 0.0)
+    expected = torch_weight_norm(v, g, 1)
+    # The inputs reach what they are for: ties of the rounding among the normal
+    # results, and subnormal results.
+    product = v.float() * (g.view(1, -1, 1) / torch.norm_except_dim(v, 2, 1)).to(dtype).float()
+    dropped = 16 if dtype == torch.bfloat16 else 13  # float32 significand bits the dtype drops
+    ties = (product.view(torch.int32) & ((1 << dropped) - 1)) == 1 << (dropped - 1)
+    assert (ties & (product.abs() >= info.smallest_normal)).sum() > 10
+    assert ((expected != 0) & (expected.abs() < info.smallest_normal)).sum() > 10
+    assert torch.equal(w.view(torch.int16), expected.view(torch.int16))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
