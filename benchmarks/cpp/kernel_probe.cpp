@@ -1,5 +1,5 @@
 // kernel_probe ISA DTYPE OUTER D INNER REPS [fwd|bwd|mul|sum|copy]   (DTYPE: f32, bf16 or f16;
-// PROBE_OFFSETS=V,GW,OUT places the tensors, see below)
+// PROBE_OFFSETS=V,GW,OUT places the tensors, PROBE_THP=1 maps them in huge pages; see below)
 // Built by tests/cpp's CMake project on request:
 //   cmake -S tests/cpp -B build/probe && cmake --build build/probe --target kernel_probe
 // Runs one CPU kernel (or a plain broadcast multiply / column sum of the same data, the
@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <sys/mman.h>
 #include <span>
 #include <string>
 #include <thread>
@@ -62,11 +63,18 @@ int main(int argc, char** argv) {
   // loads share L1 sets or alias a pending store's address bits.
   long long off[3] = {0, 0, 0};
   if (const char* e = std::getenv("PROBE_OFFSETS")) std::sscanf(e, "%lld,%lld,%lld", &off[0], &off[1], &off[2]);
+  // PROBE_THP=1: each buffer starts on a 2 MiB boundary and asks for transparent huge
+  // pages before its first touch (the benchmark's thp mode, for torch's allocator).
+  const bool thp = std::getenv("PROBE_THP") && std::atoi(std::getenv("PROBE_THP")) == 1;
+  const size_t align = thp ? size_t(2) << 20 : 4096;
   std::vector<unsigned char> mem[3];
   std::span<unsigned char> bufs[3];
   for (int k = 0; k < 3; ++k) {
-    mem[k].resize(n * es + 2 * 4096 + size_t(off[k]));
-    const uintptr_t base = (reinterpret_cast<uintptr_t>(mem[k].data()) + 4095) & ~uintptr_t(4095);
+    mem[k] = std::vector<unsigned char>();
+    mem[k].reserve(n * es + 2 * align + size_t(off[k]));  // reserve: no touch before madvise
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(mem[k].data()) + align - 1) & ~uintptr_t(align - 1);
+    if (thp) madvise(reinterpret_cast<void*>(base), (n * es + size_t(off[k]) + align - 1) & ~(align - 1), MADV_HUGEPAGE);
+    mem[k].resize(n * es + 2 * align + size_t(off[k]));
     bufs[k] = {reinterpret_cast<unsigned char*>(base) + off[k], n * es};
   }
   const std::span<unsigned char> v = bufs[0], gw = bufs[1], out = bufs[2];

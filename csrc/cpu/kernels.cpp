@@ -34,6 +34,7 @@ constexpr int64_t kSumRows = 32;
 constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16 of v
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
+constexpr int64_t kPage = 4096;          // bytes: a stream the prefetcher follows (plan_columns)
 // Output elements a row task maps per populate_for_write call (OutputWrite::populate):
 // enough pages to amortise the call, few enough that they are still in cache, just
 // zeroed, when the stores arrive. Into fresh 4 KiB pages, 2 threads, Zen 3 VM, 64 MiB
@@ -308,7 +309,7 @@ struct ColumnPlan {
   int64_t rows, ahead;
 };
 ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
-  constexpr int64_t kPage = 4096, kCacheResident = int64_t(4) << 20;
+  constexpr int64_t kCacheResident = int64_t(4) << 20;
   const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
@@ -522,33 +523,35 @@ void backward_t(const BwdParams& p, ParallelFor par) {
   run(op, p.shape, sizeof(T), par);
 }
 
-// Whether this kernel set runs the forward of T itself. The AVX-512 set hands fp32 to
-// the AVX2 kernels: a forward streams v twice and w once with one multiply per load, so
-// the width buys no compute, and on Zen 4, whose 512-bit loads and stores issue as two
-// 256-bit halves, the 256-bit loop was the faster one. kernel_probe, Zen 4 VM, 1 thread,
-// 6 alternating rounds, ms, AVX-512 -> AVX2: (4096, 4096) rows 6.6-8.0 -> 5.7-7.1,
-// columns 10.2-11.2 -> 8.9-9.4, (768, 48, 128) dim=1 2.2-3.3 -> 1.8-2.4, (1024, 1024)
-// rows 0.107-0.123 -> 0.107-0.132 (a tie); the rescale of (1024, 1024) columns with w 64 B
-// past v modulo 4 KiB, 127-137 us -> 95-96 (AVX2 reads 95-97 wherever w lies, AVX-512
-// 97-137). PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs as well (its AVX-512
-// dispatch slot is empty). The backward keeps 512 bits: 6 % faster on (256, 2304) rows,
-// even elsewhere. Not measured on an Intel CPU.
-template <class T>
-constexpr bool kOwnForward =
+// Whether this kernel set runs a forward itself. The AVX-512 set hands fp32 to the AVX2
+// kernels, except column reductions of rows shorter than a page. A forward streams v
+// twice and w once with one multiply per load, so the width buys no compute, and on
+// Zen 4, whose 512-bit loads and stores issue as two 256-bit halves, the 256-bit loop was
+// the faster one; short-row columns, though, spend their time on the per-row loads and
+// stores of the accumulators and the scale, which 512 bits halve. kernel_probe, Zen 4 VM,
+// AVX-512 -> AVX2, 5-6 alternating rounds, 4 KiB pages unless said: 1 thread, (4096, 4096)
+// rows 6.6-8.0 -> 5.7-7.1 ms (huge pages 5.7-6.3 -> 4.9-5.8), columns 10.2-11.2 -> 8.9-9.4
+// (huge pages 8.9-10.8 -> 7.4-7.8; 2 threads 6.5-6.6 -> 5.3-6.3), (1024, 1024) columns
+// 168-175 -> 155-164 us (5 of 6 rounds), (768, 48, 128) dim=1 5 of 6 rounds, (1024, 1024)
+// rows a tie, (11008, 4096) rows at 2 threads in huge pages 5 of 8 rounds; but (36864,
+// 128) columns 1.59-1.78 -> 1.94-2.06 ms (huge pages; 2 threads 1.01-1.20 -> 1.16-1.50).
+// AVX-512's rescale also lost 30 % with w 64 B past v modulo 4 KiB, AVX2's nothing.
+// PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs too (its AVX-512 slot is empty).
+// The backward keeps 512 bits (6 % faster on (256, 2304) rows, even elsewhere). Not
+// measured on an Intel CPU.
+bool own_forward(const FwdParams& p) {
 #ifdef __AVX512F__
-    !std::is_same_v<T, float>;
-#else
-    true;
+  if (p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
 #endif
+  (void)p;
+  return true;
+}
 
 }  // namespace
 
 void forward(const FwdParams& p, ParallelFor par) {
-  visit_dtype(p.dtype, [&](auto t) {
-    using T = decltype(t);
-    if constexpr (kOwnForward<T>) forward_t<T>(p, par);
-    else avx2::forward(p, par);
-  });
+  if (!own_forward(p)) return avx2::forward(p, par);
+  visit_dtype(p.dtype, [&](auto t) { forward_t<decltype(t)>(p, par); });
 }
 void backward(const BwdParams& p, ParallelFor par) {
   visit_dtype(p.dtype, [&](auto t) { backward_t<decltype(t)>(p, par); });
