@@ -296,6 +296,26 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
             torch.testing.assert_close(a, b, rtol=rtol, atol=0, msg=name)
 
 
+@pytest.mark.skipif("avx512" not in fastwn.build_info().get("cpu_isas", []), reason="needs an AVX-512 CPU")
+def test_avx512_runs_fp32_row_forwards_with_the_avx2_kernels(monkeypatch):
+    """kernels.cpp's own_forward: the AVX-512 set hands fp32 forwards (but for short-row
+    columns) to the AVX2 kernels, so the two agree bit for bit; their four accumulators
+    of 16 and of 8 lanes sum rows in different orders, as the backward (not handed off)
+    shows on the same tensors."""
+    gen = torch.Generator().manual_seed(9)
+    v = torch.randn(37, 1029, generator=gen)
+    g = g_for(v, 0, gen)
+    gw = torch.randn(37, 1029, generator=gen)
+    out = {}
+    for isa_name in ("avx512", "avx2"):
+        monkeypatch.setenv("FASTWN_CPU_ISA", isa_name)
+        w, n = torch.ops.fastwn.weight_norm_fwd(v, g, 0, 0.0)
+        out[isa_name] = (w, n, torch.ops.fastwn.weight_norm_bwd(gw, v, g, n, 0, 0.0)[1])
+    assert torch.equal(out["avx512"][0], out["avx2"][0])
+    assert torch.equal(out["avx512"][1], out["avx2"][1])
+    assert not torch.equal(out["avx512"][2], out["avx2"][2])
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
 @pytest.mark.parametrize("shape,dim", [((2051, 2053), 0), ((2051, 2053), 1), ((17000, 130), 1)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
