@@ -12,8 +12,9 @@
 #      torch.compile as baselines) and the model benchmark.
 # Every stage runs under a time limit and the next one runs whatever the last gave.
 # Logs and results go to $OUT (when set; the device tool brings back what is there even
-# when the call is killed), written as each stage runs. FASTWN_GPU_PROOF_DRY=1: the dry run on a machine without a GPU:
-# builds against PYTHON's CUDA torch, runs what needs no GPU, skips the rest.
+# when the call is killed), written as each stage runs. FASTWN_GPU_PROOF_DRY=1: the dry
+# run on a machine without a GPU: builds against PYTHON's CUDA torch, runs what needs no
+# GPU, skips the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -38,8 +39,7 @@ stage() {
   shift 2
   local left=$((DEADLINE - SECONDS - 10))
   if [ "$left" -lt 20 ]; then
-    skip "$name" "out of time"
-    STATUS[$name]="not run: out of time"
+    ORDER+=("$name"); STATUS[$name]="not run: out of time"; log "=== $name: not run (out of time)"
     return 1
   fi
   [ "$limit" -gt "$left" ] && limit=$left

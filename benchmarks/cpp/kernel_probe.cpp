@@ -70,7 +70,6 @@ int main(int argc, char** argv) {
   std::vector<unsigned char> mem[3];
   std::span<unsigned char> bufs[3];
   for (int k = 0; k < 3; ++k) {
-    mem[k] = std::vector<unsigned char>();
     mem[k].reserve(n * es + 2 * align + size_t(off[k]));  // reserve: no touch before madvise
     const uintptr_t base = (reinterpret_cast<uintptr_t>(mem[k].data()) + align - 1) & ~uintptr_t(align - 1);
     if (thp) madvise(reinterpret_cast<void*>(base), (n * es + size_t(off[k]) + align - 1) & ~(align - 1), MADV_HUGEPAGE);
