@@ -118,6 +118,7 @@ struct FwdOp {
   bool round_scale;  // kernels.h: PyTorch's composite rounding for bf16/fp16
 
   static constexpr int kStreams = 1;  // tensors the reduction reads
+  static constexpr bool kWidens = sizeof(T) < sizeof(A);  // bf16/fp16: loads convert to fp32
   void prefetch(int64_t i, int64_t n) const { prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const {
     const V x = ld<V>(v + i, c);
@@ -164,6 +165,7 @@ struct BwdOp {
   A* coef_b;  // workspace [D]
 
   static constexpr int kStreams = 2;
+  static constexpr bool kWidens = sizeof(T) < sizeof(A);
   void prefetch(int64_t i, int64_t n) const { prefetch_range(gw + i, n), prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   bool finish(int64_t d, A dot) const {
@@ -191,7 +193,7 @@ struct BwdOp {
 // with unrelated edits. kernel_probe (1024, 1024) rows, callgrind, instructions per call:
 // bf16 backward 4.16M with BwdOp::put out of line, 2.22M flattened; fp32 and fp16 rows
 // 7-16 % more after an unrelated edit (c1f0344), back to before flattened; forcing put
-// alone inline pushed fused_rows' lambda out of line instead (bf16 forward 3.16M, 1.76M
+// alone inline pushed the row loop's lambda out of line instead (bf16 forward 3.16M, 1.76M
 // flattened). Flattening for_chunks as well changed no count by more than 5 %; it is
 // left off because the benchmark's fp16 column forwards read 0.91-0.99x torch with it in
 // one quick run and 0.99-1.26x without (not resolved: their counts are the same).
@@ -211,9 +213,9 @@ struct NoSide {
 };
 
 // The terms of elements [off, off + n) summed with four accumulators (hiding the FMA
-// latency). side(j, c) runs on the same chunk indices inside the loop: fused_rows
-// rescales the previous row there, so this row's memory reads overlap that row's
-// stores, as in a copy, instead of alternating with them. side never changes the sum.
+// latency). side(j, c) runs on the same chunk indices inside the loop: cached_rows
+// rescales the previous bf16/fp16 row there, so that row's conversions overlap this
+// row's memory reads. side never changes the sum.
 template <class Op, class Side = NoSide>
 FASTWN_FLATTEN typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = {}) {
   using V = typename Op::V;
@@ -329,7 +331,7 @@ void add_into(A* acc, const A* x, int64_t n) {
 // on AVX2 that is 4 of the 23 vector operations per 16 bf16 elements of the forward.
 // kernel_probe, (1024, 1024) rows bf16 forward, 1 thread, Zen 3 VM: callgrind 15.4 ->
 // 13.1 instructions per 8 elements; 8 alternating rounds in a quiet minute 185-188 ->
-// 154-157 us, (128, 1024) (in the L2) 22.9-23.4 -> 19.1-19.5 us. Fused rows decide per
+// 154-157 us, (128, 1024) (in the L2) 22.9-23.4 -> 19.1-19.5 us. Cached rows decide per
 // row, the other paths once for the tensor. The loops in f are compiled both ways, so the
 // choice costs a branch per row or segment: one per chunk, tried first, doubled the
 // (128, 1024) forward's time.
@@ -350,11 +352,23 @@ void apply_columns(Op op, int64_t off, int64_t n, int64_t d0, Tag... tag) {
   for_chunks<typename Op::V>(n, [&](int64_t j, int64_t c) { op.put(off + j, c, op.coef_columns(d0 + j, c), tag...); });
 }
 
-// Rows [b, e) of length n, each reduced and then rescaled while it is in cache; row
-// d + 1 is reduced in the loop that rescales row d. The output is prepared a block of
-// kPopulateElems (or a row) ahead of the stores.
+// Rows [b, e) of length n, each reduced and then rescaled while it is in cache (one read
+// from memory). The output is prepared a block of kPopulateElems (or a row) ahead of the
+// stores. Two schedules, by whether the loads widen (Op::kWidens):
+// - fp32/fp64: row d is reduced, then rescaled, then row d + 1: the reduction's loop only
+//   loads (one stream from memory), the rescale's reads hit the L1.
+// - bf16/fp16: row d + 1 is reduced in the loop that rescales row d, so that the widening
+//   and narrowing conversions of one row overlap the other row's memory reads.
+// Zen 4 VM, 1 thread, libtorch and both schedules in one process, 300-400 shuffled rounds,
+// medians (us), one row after the other -> overlapped: fp32 forward (1024, 1024) 98 -> 111,
+// (256, 2304) 52 -> 64, (256, 4096) 101 -> 147, (8192, 128) 99 -> 106, but (4096, 256)
+// 116 -> 109; fp32 backward (4096, 256) 152 -> 193, (1024, 1024) 158 -> 193, (256, 2304)
+// 89 -> 132, (128, 8192) 245 -> 250 (torch 175-180, 97, 249); bf16 forward (1024, 1024)
+// 124 -> 121, fp16 104 -> 86, fp16 (256, 2304) 53 -> 43, backward fp16 (1024, 1024) 122 ->
+// 116. (The overlapped schedule came from the Zen 3 VM, where it was the faster one for
+// every dtype.) Flattened, as reduce: finish, coef and the loops stay inline.
 template <class Op>
-void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
+FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n) {
   if (b >= e) return;
   int64_t ready = b * n;  // outputs [b * n, ready) are prepared
   auto prepare_rows = [&](int64_t row_end) {
@@ -363,6 +377,14 @@ void fused_rows(Op op, int64_t b, int64_t e, int64_t n) {
     op.prepare(ready, to - ready);
     ready = to;
   };
+  if constexpr (!Op::kWidens) {
+    for (int64_t d = b; d < e; ++d) {
+      const bool no_nan = op.finish(d, reduce(op, d * n, n));
+      prepare_rows(d + 1);
+      with_nan_tag(no_nan, [&](auto... tag) { apply(op, d * n, n, d, tag...); });
+    }
+    return;
+  }
   bool no_nan = op.finish(b, reduce(op, b * n, n));  // for the row the loop rescales next
   for (int64_t d = b; d + 1 < e; ++d) {
     const auto k = op.coef(d);
@@ -413,7 +435,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
 
   if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
     auto rows = [&](int64_t b, int64_t e) {
-      fused_rows(op, b, e, inner);
+      cached_rows(op, b, e, inner);
       fence();
     };
     parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);
@@ -432,7 +454,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
         const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes,
-                                           elem_bytes < int64_t(sizeof(A)));
+                                           Op::kWidens);
         A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
         for (int64_t ob = o0; ob < o1; ob += kSumRows) {
           const int64_t ob1 = std::min(o1, ob + kSumRows);
@@ -454,7 +476,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   parallel(par, r.C * r.P * r.NB, 1, reduce_tasks);
 
   // Whether some slice's outputs may be NaN: a column segment's coefficients span many
-  // slices, so past the fused rows the choice is made once for the whole tensor.
+  // slices, so past the cached rows the choice is made once for the whole tensor.
   std::atomic<bool> may_be_nan{false};
   // Each d's partial sums added in k order, as a scalar loop would, W columns at a time:
   // a scalar loop walks partial with a D-element stride and chains one add per load
