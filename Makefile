@@ -9,7 +9,7 @@ BUILD_DEPS := "torch==$(TORCH_VERSION)" "scikit-build-core>=0.10" "cmake>=3.24" 
 STAMP := $(VENV)/.fastwn-deps
 PYTEST := FASTWN_REQUIRE_EXTENSION=1 HF_HUB_OFFLINE=1
 
-.PHONY: install test bench wheel cuda-install cuda-test wheel-cuda sanitize gpu-proof clean
+.PHONY: install test bench torch-ab wheel cuda-install cuda-test wheel-cuda sanitize gpu-proof clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ bench: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --json $(RESULTS)-ops.json
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --models --json $(RESULTS)-models.json
 	FASTWN_REQUIRE_EXTENSION=1 HF_HUB_OFFLINE=1 $(PY) -m fastwn bench --dora --json $(RESULTS)-dora.json
+
+# An instrument: torch's CPU kernels and fastwn's timed in one C++ process
+# (benchmarks/cpp/torch_ab.cpp says how to run it): build/ab/torch_ab.
+AB_DIR := build/ab
+torch-ab: install
+	$(VENV)/bin/cmake -S . -B $(AB_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DCMAKE_BUILD_TYPE=Release -DFASTWN_CUDA=OFF -DSKBUILD_PROJECT_VERSION=0.1.0 -DPython_EXECUTABLE=$(abspath $(PY))
+	$(VENV)/bin/cmake --build $(AB_DIR) --target torch_ab
 
 # A wheel for the torch in the venv (it requires that torch release).
 wheel: $(STAMP)

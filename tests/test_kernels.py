@@ -317,11 +317,16 @@ def test_avx512_runs_fp32_row_forwards_with_the_avx2_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])
-@pytest.mark.parametrize("shape,dim", [((2051, 2053), 0), ((2051, 2053), 1), ((17000, 130), 1)], ids=str)
+@pytest.mark.parametrize("shape,dim", [((2051, 2053), 0), ((700, 4099), 0), ((2051, 2053), 1), ((17000, 130), 1)],
+                         ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_outputs(isa, device, dtype, shape, dim, layout):
-    """Large outputs, odd sizes and an offset view; (17000, 130) columns are over 4 MiB in
-    every dtype, so the column reduction prefetches rows ahead (plan_columns). Outputs this
+    """Large outputs, odd sizes and an offset view. Rows over 4 MiB run in the order
+    kernels.cpp's plan_rows gives them, and with the small cases above every dtype takes
+    both: fp32 (2051, 2053) rows one after the other, (700, 4099) overlapped (a row and
+    its output overflow the L1); bf16/fp16 the other way round from the small ones.
+    (17000, 130) columns are over 4 MiB in every dtype, so the column reduction prefetches
+    rows ahead (plan_columns). Outputs this
     large are often fresh pages from glibc, which the kernels populate ahead of the stores.
     That path and the non-temporal stores (which the glue picks only for resident outputs
     larger than the last-level cache) are tested for certain on the kernels directly:

@@ -35,6 +35,10 @@ constexpr int64_t kMinChunkRows = 16;    // keeps the partial-sum buffer <= 1/16
 constexpr int64_t kColumnBlock = 4096;   // accumulators per column task: stays in L1/L2
 constexpr int64_t kApplyGrain = 32768;   // elements per elementwise task
 constexpr int64_t kPage = 4096;          // bytes: a stream the prefetcher follows (plan_columns)
+// Inputs up to this many bytes are taken to be in the caches when a kernel starts (they
+// fit the L2s and the L3 with room to spare): plan_columns and plan_rows.
+constexpr int64_t kCacheResident = int64_t(4) << 20;
+constexpr int64_t kL1Bytes = 32768;      // the L1 data cache of a core (Zen 3, Zen 4)
 // Output elements a row task maps per populate_for_write call (OutputWrite::populate):
 // enough pages to amortise the call, few enough that they are still in cache, just
 // zeroed, when the stores arrive. Into fresh 4 KiB pages, 2 threads, Zen 3 VM, 64 MiB
@@ -311,7 +315,6 @@ struct ColumnPlan {
   int64_t rows, ahead;
 };
 ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
-  constexpr int64_t kCacheResident = int64_t(4) << 20;
   const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
@@ -354,21 +357,13 @@ void apply_columns(Op op, int64_t off, int64_t n, int64_t d0, Tag... tag) {
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache (one read
 // from memory). The output is prepared a block of kPopulateElems (or a row) ahead of the
-// stores. Two schedules, by whether the loads widen (Op::kWidens):
-// - fp32/fp64: row d is reduced, then rescaled, then row d + 1: the reduction's loop only
-//   loads (one stream from memory), the rescale's reads hit the L1.
-// - bf16/fp16: row d + 1 is reduced in the loop that rescales row d, so that the widening
-//   and narrowing conversions of one row overlap the other row's memory reads.
-// Zen 4 VM, 1 thread, libtorch and both schedules in one process, 300-400 shuffled rounds,
-// medians (us), one row after the other -> overlapped: fp32 forward (1024, 1024) 98 -> 111,
-// (256, 2304) 52 -> 64, (256, 4096) 101 -> 147, (8192, 128) 99 -> 106, but (4096, 256)
-// 116 -> 109; fp32 backward (4096, 256) 152 -> 193, (1024, 1024) 158 -> 193, (256, 2304)
-// 89 -> 132, (128, 8192) 245 -> 250 (torch 175-180, 97, 249); bf16 forward (1024, 1024)
-// 124 -> 121, fp16 104 -> 86, fp16 (256, 2304) 53 -> 43, backward fp16 (1024, 1024) 122 ->
-// 116. (The overlapped schedule came from the Zen 3 VM, where it was the faster one for
-// every dtype.) Flattened, as reduce: finish, coef and the loops stay inline.
+// stores. Two schedules (plan_rows picks one):
+// - in turn: row d is reduced, then rescaled, then row d + 1: the reduction's loop only
+//   loads, one stream the prefetcher follows, and the rescale reads the row from the L1;
+// - overlapped: row d + 1 is reduced in the loop that rescales row d.
+// Flattened, as reduce: finish, coef and the loops stay inline.
 template <class Op>
-FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n) {
+FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n, bool overlap) {
   if (b >= e) return;
   int64_t ready = b * n;  // outputs [b * n, ready) are prepared
   auto prepare_rows = [&](int64_t row_end) {
@@ -377,7 +372,7 @@ FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n) {
     op.prepare(ready, to - ready);
     ready = to;
   };
-  if constexpr (!Op::kWidens) {
+  if (!overlap) {
     for (int64_t d = b; d < e; ++d) {
       const bool no_nan = op.finish(d, reduce(op, d * n, n));
       prepare_rows(d + 1);
@@ -396,6 +391,29 @@ FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n) {
   }
   prepare_rows(e);
   with_nan_tag(no_nan, [&](auto... tag) { apply(op, (e - 1) * n, n, e - 1, tag...); });
+}
+
+// Whether cached_rows overlaps the rows (see there). Overlapping pays where the kernel is
+// compute-bound: bf16/fp16 (the loads widen, the stores narrow) in the caches, whose
+// conversions then run beside the other row's loads. From memory the plain order wins:
+// the reduction alone keeps more loads in flight. So does it for fp32 rows that fit the
+// L1 with their output, but not for longer ones: their rescale reads the L2 anyway, and
+// overlapped, those reads hide behind the next row's. Zen 4 VM, 1 thread, libtorch and both
+// schedules in one process (benchmarks/cpp/torch_ab.cpp; in turn vs overlapped, medians, us):
+//   fp32 in cache: fwd (1024, 1024) 98 vs 111, (256, 2304) 52 vs 64, (4096, 256) 117 vs
+//     108; bwd (1024, 1024) 171 vs 193, (256, 2304) 95 vs 132, (4096, 256) 161 vs 186;
+//   fp32 from memory (64 MiB; outputs resident): fwd (4096, 4096) 6339 vs 7929, (16384,
+//     1024) 5001 vs 7449, (2048, 8192) a tie; bwd (4096, 4096) 11639 vs 10533, (2048,
+//     8192) 11813 vs 10338, (16384, 1024) 9514 vs 10134;
+//   fp16 in cache: fwd (1024, 1024) 103 vs 85, (256, 4096) 89 vs 71, bwd (1024, 1024) 121
+//     vs 115; bf16 within 2 % either way;
+//   fp16 from memory (32 MiB): fwd (4096, 4096) 2459 vs 3674, (8192, 2048) 1929 vs 3473,
+//     bwd 4701 vs 6531, 3438 vs 6090; bf16 alike (fwd 2391 vs 3732, bwd 4471 vs 7422).
+// (The overlapped schedule came from the Zen 3 VM, where it had been the faster one.)
+bool plan_rows(int64_t row_bytes, int streams, int64_t input_bytes, bool widens) {
+  const bool in_cache = input_bytes <= kCacheResident;
+  if (widens) return in_cache;
+  return !in_cache && (streams + 1) * row_bytes > kL1Bytes;
 }
 
 // How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
@@ -434,8 +452,9 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   }
 
   if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
+    const bool overlap = plan_rows(inner * elem_bytes, Op::kStreams, N * elem_bytes, Op::kWidens);
     auto rows = [&](int64_t b, int64_t e) {
-      cached_rows(op, b, e, inner);
+      cached_rows(op, b, e, inner, overlap);
       fence();
     };
     parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);

@@ -1,5 +1,5 @@
 // The torch-free CPU kernels on their own: every ISA this CPU runs, every dtype, the
-// three schedules (fused rows, columns, middle axis) on outputs of 8 MiB and more, at an
+// three schedules (rows in cache, columns, middle axis) on outputs of 8 MiB and more, at an
 // aligned and an odd address. Written with ordinary stores, with non-temporal ones and
 // into fresh pages populated ahead of the stores (OutputWrite), the results must be
 // bit-identical, and they must match a float64 reference. Also checks populate_for_write
