@@ -296,24 +296,32 @@ def test_every_isa_agrees_with_scalar(monkeypatch, dtype):
             torch.testing.assert_close(a, b, rtol=rtol, atol=0, msg=name)
 
 
-@pytest.mark.skipif("avx512" not in fastwn.build_info().get("cpu_isas", []), reason="needs an AVX-512 CPU")
-def test_avx512_runs_fp32_row_forwards_with_the_avx2_kernels(monkeypatch):
-    """kernels.cpp's own_forward: the AVX-512 set hands fp32 forwards (but for short-row
-    columns) to the AVX2 kernels, so the two agree bit for bit; their four accumulators
-    of 16 and of 8 lanes sum rows in different orders, as the backward (not handed off)
-    shows on the same tensors."""
-    gen = torch.Generator().manual_seed(9)
-    v = torch.randn(37, 1029, generator=gen)
-    g = g_for(v, 0, gen)
-    gw = torch.randn(37, 1029, generator=gen)
+def _fwd_bwd_by_isa(monkeypatch, v, dim, gen):
+    g = g_for(v, dim, gen)
+    gw = torch.randn(v.shape, generator=gen).to(v.dtype)
     out = {}
     for isa_name in ("avx512", "avx2"):
         monkeypatch.setenv("FASTWN_CPU_ISA", isa_name)
-        w, n = torch.ops.fastwn.weight_norm_fwd(v, g, 0, 0.0)
-        out[isa_name] = (w, n, torch.ops.fastwn.weight_norm_bwd(gw, v, g, n, 0, 0.0)[1])
-    assert torch.equal(out["avx512"][0], out["avx2"][0])
-    assert torch.equal(out["avx512"][1], out["avx2"][1])
-    assert not torch.equal(out["avx512"][2], out["avx2"][2])
+        w, n = torch.ops.fastwn.weight_norm_fwd(v, g, dim, 0.0)
+        out[isa_name] = (w, n, *torch.ops.fastwn.weight_norm_bwd(gw, v, g, n, dim, 0.0))
+    return out
+
+
+@pytest.mark.skipif("avx512" not in fastwn.build_info().get("cpu_isas", []), reason="needs an AVX-512 CPU")
+def test_avx512_hands_some_calls_to_the_avx2_kernels(monkeypatch):
+    """kernels.cpp's own(): the AVX-512 set hands fp32 forwards (but for short-row columns)
+    and fp16 rows in the caches, both directions, to the AVX2 kernels, so the two agree bit
+    for bit there. Elsewhere their accumulators of 16 and of 8 lanes sum rows in different
+    orders: the fp32 backward and fp16 rows over 4 MiB differ, so a lost hand-off or one
+    that spread would show."""
+    gen = torch.Generator().manual_seed(9)
+    fp32 = _fwd_bwd_by_isa(monkeypatch, torch.randn(37, 1029, generator=gen), 0, gen)
+    assert all(torch.equal(a, b) for a, b in zip(fp32["avx512"][:2], fp32["avx2"][:2]))
+    assert not torch.equal(fp32["avx512"][3], fp32["avx2"][3])
+    small = _fwd_bwd_by_isa(monkeypatch, torch.randn(37, 1029, generator=gen).half(), 0, gen)
+    assert all(torch.equal(a, b) for a, b in zip(small["avx512"], small["avx2"]))
+    large = _fwd_bwd_by_isa(monkeypatch, torch.randn(1100, 2053, generator=gen).half(), 0, gen)
+    assert not torch.equal(large["avx512"][1], large["avx2"][1])
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "unaligned"])

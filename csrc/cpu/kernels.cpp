@@ -39,13 +39,36 @@ constexpr int64_t kPage = 4096;          // bytes: a stream the prefetcher follo
 // fit the L2s and the L3 with room to spare): plan_columns and plan_rows.
 constexpr int64_t kCacheResident = int64_t(4) << 20;
 constexpr int64_t kL1Bytes = 32768;      // the L1 data cache of a core (Zen 3, Zen 4)
-// Output elements a row task maps per populate_for_write call (OutputWrite::populate):
-// enough pages to amortise the call, few enough that they are still in cache, just
-// zeroed, when the stores arrive. Into fresh 4 KiB pages, 2 threads, Zen 3 VM, 64 MiB
-// (a C probe: madvise then stores, against the stores faulting page by page): blocks of
-// 64 KiB to 2 MiB all took 20-24 ms against 27-30 ms; one call for a thread's whole
-// half then ordinary stores, 25-27 ms. Into 2 MiB pages (THP) either way took 9-11 ms.
-constexpr int64_t kPopulateElems = 65536;
+// Output bytes a task maps per populate_for_write call (OutputWrite::populate): enough
+// pages to amortise the call, few enough that they are still in cache, just zeroed, when
+// the stores arrive. Into fresh 4 KiB pages, 2 threads, Zen 3 VM, 64 MiB (a C probe:
+// madvise then stores, against the stores faulting page by page): blocks of 64 KiB to
+// 2 MiB all took 20-24 ms against 27-30 ms; one call for a thread's whole half then
+// ordinary stores, 25-27 ms. Into 2 MiB pages (THP) either way took 9-11 ms, and there
+// the call is pure cost: after the first block of a huge page the rest is resident, and
+// each call still asks mincore (0.9 us on the Zen 4 VM). So blocks of a huge page; before,
+// 256 KiB (rows) and one per 128 KiB task (columns): fp32 wav2vec2 (36864, 128) made 144
+// calls per forward. Zen 4 VM, fp32, 2 threads, one Python process, shuffled rounds,
+// medians (ms), 2 MiB vs 128 KiB vs 512 KiB blocks: huge pages (THP_MEM_ALLOC_ENABLE=1)
+// (4096, 4096) forward 6.65 / 7.14 / 7.07, (11008, 4096) forward 15.9 / 17.3 / 16.3,
+// (4096, 4096) dim=1 forward 8.82 / 9.29 / 9.03; 4 KiB pages, forward + backward:
+// (4096, 4096) 37.5 / 39.1 / 38.5, dim=1 44.6 / 46.6 / 45.8, (11008, 4096) 92.4 / 99.5 /
+// 96.0. (wav2vec2 in 4 KiB pages swung 1.9-4.0 ms with any block: where glibc put w.)
+constexpr int64_t kPopulateBytes = int64_t(2) << 20;
+
+// Readies outputs ahead of the stores of one task range [ready, end): upto(i) prepares
+// [ready, i) if it is not yet, and at least `block` elements while at it.
+template <class Op>
+struct PrepareAhead {
+  const Op& op;
+  int64_t ready, end, block;
+  void upto(int64_t i) {
+    if (i <= ready) return;
+    const int64_t to = std::min(end, std::max(i, ready + block));
+    op.prepare(ready, to - ready);
+    ready = to;
+  }
+};
 
 // The OutputWrite an op's stores and prepare() follow.
 template <class T>
@@ -356,22 +379,17 @@ void apply_columns(Op op, int64_t off, int64_t n, int64_t d0, Tag... tag) {
 }
 
 // Rows [b, e) of length n, each reduced and then rescaled while it is in cache (one read
-// from memory). The output is prepared a block of kPopulateElems (or a row) ahead of the
-// stores. Two schedules (plan_rows picks one):
+// from memory). The output is prepared `block` elements (or a row) ahead of the stores.
+// Two schedules (plan_rows picks one):
 // - in turn: row d is reduced, then rescaled, then row d + 1: the reduction's loop only
 //   loads, one stream the prefetcher follows, and the rescale reads the row from the L1;
 // - overlapped: row d + 1 is reduced in the loop that rescales row d.
 // Flattened, as reduce: finish, coef and the loops stay inline.
 template <class Op>
-FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n, bool overlap) {
+FASTWN_FLATTEN void cached_rows(Op op, int64_t b, int64_t e, int64_t n, bool overlap, int64_t block) {
   if (b >= e) return;
-  int64_t ready = b * n;  // outputs [b * n, ready) are prepared
-  auto prepare_rows = [&](int64_t row_end) {
-    if (row_end * n <= ready) return;
-    const int64_t to = std::min(e * n, std::max(row_end * n, ready + kPopulateElems));
-    op.prepare(ready, to - ready);
-    ready = to;
-  };
+  PrepareAhead<Op> out{op, b * n, e * n, block};
+  auto prepare_rows = [&](int64_t row_end) { out.upto(row_end * n); };
   if (!overlap) {
     for (int64_t d = b; d < e; ++d) {
       const bool no_nan = op.finish(d, reduce(op, d * n, n));
@@ -416,6 +434,12 @@ bool plan_rows(int64_t row_bytes, int streams, int64_t input_bytes, bool widens)
   return !in_cache && (streams + 1) * row_bytes > kL1Bytes;
 }
 
+// Whether run() takes a shape row by row (cached_rows): the first axis, rows short enough
+// to stay in cache between their reduction and their rescale.
+bool rows_in_cache(const Shape3& s, int64_t elem_bytes) {
+  return s.outer == 1 && (s.inner <= kPiece || (s.D >= 16 && s.inner * elem_bytes <= kRowCacheBytes));
+}
+
 // How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
 // Task (c, p, b) writes partial[c][p][d] for the d of block b, so every partial sum
 // has exactly one writer and the final sum over (c, p) runs in a fixed order.
@@ -451,10 +475,10 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
     return;
   }
 
-  if (s.outer == 1 && (inner <= kPiece || (D >= 16 && inner * elem_bytes <= kRowCacheBytes))) {
+  if (rows_in_cache(s, elem_bytes)) {
     const bool overlap = plan_rows(inner * elem_bytes, Op::kStreams, N * elem_bytes, Op::kWidens);
     auto rows = [&](int64_t b, int64_t e) {
-      cached_rows(op, b, e, inner, overlap);
+      cached_rows(op, b, e, inner, overlap, kPopulateBytes / elem_bytes);
       fence();
     };
     parallel(par, D, std::max<int64_t>(1, kApplyGrain / inner), rows);
@@ -518,10 +542,11 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
 
   // Elementwise pass over the flat range; each run stops at a segment's end.
   auto elementwise = [&](int64_t b, int64_t e, auto... tag) {
+    PrepareAhead<Op> out{op, b * kApplyGrain, std::min(N, e * kApplyGrain), kPopulateBytes / elem_bytes};
     for (int64_t t = b; t < e; ++t) {
       int64_t idx = t * kApplyGrain;
       const int64_t end = std::min(N, idx + kApplyGrain);
-      op.prepare(idx, end - idx);
+      out.upto(end);
       if (inner == 1) {
         // Segments are rows of D: after the first, each starts at d = 0 (one division
         // per task, not one per row).
@@ -564,37 +589,47 @@ void backward_t(const BwdParams& p, ParallelFor par) {
   run(op, p.shape, sizeof(T), par);
 }
 
-// Whether this kernel set runs a forward itself. The AVX-512 set hands fp32 to the AVX2
-// kernels, except column reductions of rows shorter than a page. A forward streams v
-// twice and w once with one multiply per load, so the width buys no compute, and on
-// Zen 4, whose 512-bit loads and stores issue as two 256-bit halves, the 256-bit loop was
-// the faster one; short-row columns, though, spend their time on the per-row loads and
-// stores of the accumulators and the scale, which 512 bits halve. kernel_probe, Zen 4 VM,
-// AVX-512 -> AVX2, 5-6 alternating rounds, 4 KiB pages unless said: 1 thread, (4096, 4096)
-// rows 6.6-8.0 -> 5.7-7.1 ms (huge pages 5.7-6.3 -> 4.9-5.8), columns 10.2-11.2 -> 8.9-9.4
-// (huge pages 8.9-10.8 -> 7.4-7.8; 2 threads 6.5-6.6 -> 5.3-6.3), (1024, 1024) columns
-// 168-175 -> 155-164 us (5 of 6 rounds), (768, 48, 128) dim=1 5 of 6 rounds, (1024, 1024)
-// rows a tie, (11008, 4096) rows at 2 threads in huge pages 5 of 8 rounds; but (36864,
-// 128) columns 1.59-1.78 -> 1.94-2.06 ms (huge pages; 2 threads 1.01-1.20 -> 1.16-1.50).
-// AVX-512's rescale also lost 30 % with w 64 B past v modulo 4 KiB, AVX2's nothing.
-// PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs too (its AVX-512 slot is empty).
-// The backward keeps 512 bits (6 % faster on (256, 2304) rows, even elsewhere). Not
-// measured on an Intel CPU.
-bool own_forward(const FwdParams& p) {
+// Whether this kernel set runs a call itself; the AVX-512 set hands some to the AVX2
+// kernels (PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs too: its AVX-512 slot is
+// empty). Measured on the Zen 4 VM only, whose 512-bit loads, stores and conversions issue
+// as two 256-bit halves; not on an Intel CPU.
+// - fp32 forwards, except column reductions of rows shorter than a page. A forward streams
+//   v twice and w once with one multiply per load, so the width buys no compute, and the
+//   256-bit loop was the faster one; short-row columns, though, spend their time on the
+//   per-row loads and stores of the accumulators and the scale, which 512 bits halve.
+//   kernel_probe, AVX-512 -> AVX2, 5-6 alternating rounds, 4 KiB pages unless said:
+//   1 thread, (4096, 4096) rows 6.6-8.0 -> 5.7-7.1 ms (huge pages 5.7-6.3 -> 4.9-5.8),
+//   columns 10.2-11.2 -> 8.9-9.4 (huge pages 8.9-10.8 -> 7.4-7.8; 2 threads 6.5-6.6 ->
+//   5.3-6.3), (1024, 1024) columns 168-175 -> 155-164 us (5 of 6 rounds), (768, 48, 128)
+//   dim=1 5 of 6 rounds, (1024, 1024) rows a tie, (11008, 4096) rows at 2 threads in huge
+//   pages 5 of 8 rounds; but (36864, 128) columns 1.59-1.78 -> 1.94-2.06 ms (huge pages;
+//   2 threads 1.01-1.20 -> 1.16-1.50). AVX-512's rescale also lost 30 % with w 64 B past v
+//   modulo 4 KiB, AVX2's nothing. The fp32 backward keeps 512 bits.
+// - fp16 rows overlapped (plan_rows: in the caches), both directions: their loop is bound
+//   by the conversions, and AVX-512's took longer than twice AVX2's. torch_ab, 1 thread,
+//   AVX-512 vs AVX2, medians (us): (1024, 1024) forward 109 vs 85, backward 163 vs 118;
+//   (256, 2304) backward 90 vs 62; (4096, 256) forward 148 vs 140, backward 179 vs 154.
+//   Elsewhere fp16 stays: (4096, 4096) rows forward 2307 vs 2665 (in turn, from memory),
+//   (36864, 128) columns forward 561 vs 611, backward 1327 vs 1473.
+template <class P>
+bool own(const P& p, int streams, bool forward) {
 #ifdef __AVX512F__
-  if (p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
+  if (forward && p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
+  if (p.dtype == DType::f16 && rows_in_cache(p.shape, 2))
+    return !plan_rows(p.shape.inner * 2, streams, p.shape.numel() * 2, true);
 #endif
-  (void)p;
+  (void)p, (void)streams, (void)forward;
   return true;
 }
 
 }  // namespace
 
 void forward(const FwdParams& p, ParallelFor par) {
-  if (!own_forward(p)) return avx2::forward(p, par);
+  if (!own(p, FwdOp<float>::kStreams, true)) return avx2::forward(p, par);
   visit_dtype(p.dtype, [&](auto t) { forward_t<decltype(t)>(p, par); });
 }
 void backward(const BwdParams& p, ParallelFor par) {
+  if (!own(p, BwdOp<float>::kStreams, false)) return avx2::backward(p, par);
   visit_dtype(p.dtype, [&](auto t) { backward_t<decltype(t)>(p, par); });
 }
 
