@@ -29,12 +29,15 @@ bench: install
 	FASTWN_REQUIRE_EXTENSION=1 $(PY) -m fastwn bench --models --json $(RESULTS)-models.json
 	FASTWN_REQUIRE_EXTENSION=1 HF_HUB_OFFLINE=1 $(PY) -m fastwn bench --dora --json $(RESULTS)-dora.json
 
+# The CMake project configured by hand, outside pip, for the CPU only (torch-ab, sanitize).
+CONFIGURE_CPU = $(VENV)/bin/cmake -S . -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+  -DFASTWN_CUDA=OFF -DSKBUILD_PROJECT_VERSION=0.1.0 -DPython_EXECUTABLE=$(abspath $(PY))
+
 # An instrument: torch's CPU kernels and fastwn's timed in one C++ process
 # (benchmarks/cpp/torch_ab.cpp says how to run it): build/ab/torch_ab.
 AB_DIR := build/ab
 torch-ab: install
-	$(VENV)/bin/cmake -S . -B $(AB_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	  -DCMAKE_BUILD_TYPE=Release -DFASTWN_CUDA=OFF -DSKBUILD_PROJECT_VERSION=0.1.0 -DPython_EXECUTABLE=$(abspath $(PY))
+	$(CONFIGURE_CPU) -B $(AB_DIR) -DCMAKE_BUILD_TYPE=Release
 	$(VENV)/bin/cmake --build $(AB_DIR) --target torch_ab
 
 # A wheel for the torch in the venv (it requires that torch release).
@@ -74,9 +77,8 @@ SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -
 # ASan preloaded, libstdc++ must be too, or the first C++ exception aborts.
 SANITIZE_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
 sanitize: install
-	$(VENV)/bin/cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTWN_CUDA=OFF -DSKBUILD_PROJECT_VERSION=0.1.0 \
-	  -DPython_EXECUTABLE=$(abspath $(PY)) "-DCMAKE_CXX_FLAGS=$(SANITIZE_FLAGS)" "-DCMAKE_SHARED_LINKER_FLAGS=$(SANITIZE_FLAGS)"
+	$(CONFIGURE_CPU) -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  "-DCMAKE_CXX_FLAGS=$(SANITIZE_FLAGS)" "-DCMAKE_SHARED_LINKER_FLAGS=$(SANITIZE_FLAGS)"
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR)
 	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg && cp -r python/fastwn $(SANITIZE_DIR)/pkg/
 	cp $(SANITIZE_DIR)/_C*.so $(SANITIZE_DIR)/_build_meta.py $(SANITIZE_DIR)/pkg/fastwn/

@@ -440,6 +440,12 @@ bool rows_in_cache(const Shape3& s, int64_t elem_bytes) {
   return s.outer == 1 && (s.inner <= kPiece || (s.D >= 16 && s.inner * elem_bytes <= kRowCacheBytes));
 }
 
+// plan_rows for Op's rows of shape s, elements of elem_bytes (run() and own() ask it).
+template <class Op>
+bool overlap_rows(const Shape3& s, int64_t elem_bytes) {
+  return plan_rows(s.inner * elem_bytes, Op::kStreams, s.numel() * elem_bytes, Op::kWidens);
+}
+
 // How the reduction is split: C chunks of outer x P pieces of inner x NB blocks of D.
 // Task (c, p, b) writes partial[c][p][d] for the d of block b, so every partial sum
 // has exactly one writer and the final sum over (c, p) runs in a fixed order.
@@ -476,7 +482,7 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   }
 
   if (rows_in_cache(s, elem_bytes)) {
-    const bool overlap = plan_rows(inner * elem_bytes, Op::kStreams, N * elem_bytes, Op::kWidens);
+    const bool overlap = overlap_rows<Op>(s, elem_bytes);
     auto rows = [&](int64_t b, int64_t e) {
       cached_rows(op, b, e, inner, overlap, kPopulateBytes / elem_bytes);
       fence();
@@ -611,25 +617,27 @@ void backward_t(const BwdParams& p, ParallelFor par) {
 //   (256, 2304) backward 90 vs 62; (4096, 256) forward 148 vs 140, backward 179 vs 154.
 //   Elsewhere fp16 stays: (4096, 4096) rows forward 2307 vs 2665 (in turn, from memory),
 //   (36864, 128) columns forward 561 vs 611, backward 1327 vs 1473.
-template <class P>
-bool own(const P& p, int streams, bool forward) {
+// Op: the op template of the call (FwdOp or BwdOp).
+template <template <class> class Op, class P>
+bool own(const P& p) {
 #ifdef __AVX512F__
+  constexpr bool forward = std::is_same_v<P, FwdParams>;
   if (forward && p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
-  if (p.dtype == DType::f16 && rows_in_cache(p.shape, 2))
-    return !plan_rows(p.shape.inner * 2, streams, p.shape.numel() * 2, true);
+  constexpr int64_t f16_bytes = sizeof(f16_t);
+  if (p.dtype == DType::f16 && rows_in_cache(p.shape, f16_bytes)) return !overlap_rows<Op<f16_t>>(p.shape, f16_bytes);
 #endif
-  (void)p, (void)streams, (void)forward;
+  (void)p;
   return true;
 }
 
 }  // namespace
 
 void forward(const FwdParams& p, ParallelFor par) {
-  if (!own(p, FwdOp<float>::kStreams, true)) return avx2::forward(p, par);
+  if (!own<FwdOp>(p)) return avx2::forward(p, par);
   visit_dtype(p.dtype, [&](auto t) { forward_t<decltype(t)>(p, par); });
 }
 void backward(const BwdParams& p, ParallelFor par) {
-  if (!own(p, BwdOp<float>::kStreams, false)) return avx2::backward(p, par);
+  if (!own<BwdOp>(p)) return avx2::backward(p, par);
   visit_dtype(p.dtype, [&](auto t) { backward_t<decltype(t)>(p, par); });
 }
 
