@@ -8,6 +8,7 @@
 // count, so results are bit-identical whatever torch.set_num_threads says.
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <memory>
 #include <numeric>
 #include <type_traits>
@@ -333,7 +334,15 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // VM, 1 thread, medians of 15 alternating rounds: (1024, 1024) columns fp32 backward
 // (2 inputs: 16 lines per set at 8 rows) 1.29 ms -> 0.71 ms at 4 rows; at (1024, 1000)
 // columns, whose rows spread over the sets, 8 rows take 0.76 ms. A forward at 16 rows
-// (16 lines) took 1.6-2.2x as long as at 8.
+// (16 lines) took 1.6-2.2x as long as at 8. The accumulators add a line to each set: from
+// the caches, where the rows' lines come back fast and a conflict miss is a share of the
+// time, that line counts (4 rows forward, 2 backward); from memory it does not, since
+// halving the group doubles the accumulators' trips. Zen 4 VM, torch_ab, medians (us)
+// with 8/4 rows -> 4/2 (two runs): (1024, 1024) columns fp32 (in the L3), 1 thread,
+// forward 157 -> 155 and 158 -> 155, backward 309 -> 297 and 307 -> 297; 2 threads,
+// forward 86 -> 84 and 84 -> 82, backward 147 -> 139; (4096, 4096) (64 MiB), 8/4 rows
+// against 4/2: forward 5.5 vs 6.7 ms (2 threads), 10.5 vs 11.1 (1 thread), backward 8.7
+// vs 8.9 and 15.3 vs 15.5; bf16 alike.
 struct ColumnPlan {
   int64_t rows, ahead;
 };
@@ -341,8 +350,12 @@ ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, in
   const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
-  const int64_t fit = std::clamp(period * (kL1Ways / streams), int64_t(1), kMaxRows);
-  if (row_bytes >= kPage || input_bytes <= kCacheResident) return {fit, 0};
+  const bool in_cache = input_bytes <= kCacheResident;
+  // In the caches the accumulators' line counts too: one way fewer (see above). The
+  // count is rounded down to a power of two, the group sizes reduce_column_group unrolls.
+  const int64_t ways = in_cache ? kL1Ways - 1 : kL1Ways;
+  const int64_t fit = std::clamp<int64_t>(std::bit_floor(uint64_t(period * (ways / streams))), 1, kMaxRows);
+  if (row_bytes >= kPage || in_cache) return {fit, 0};
   return {std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit), ceil_div(kPage, row_bytes)};
 }
 
@@ -546,23 +559,40 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   parallel(par, D, std::max<int64_t>(1, 4096 / (r.C * r.P)), finish);
   const bool no_nan = !may_be_nan.load(std::memory_order_relaxed);
 
-  // Elementwise pass over the flat range; each run stops at a segment's end.
+  // Elementwise pass over the flat range; each run stops at a segment's end. Each thread
+  // walks its range from the top down, kPopulateBytes at a time (tasks ascending within a
+  // block, each block's output prepared before it): the reduction read the tensor upward,
+  // so its last megabytes are the ones the L3 still holds, and read first they are hits
+  // before this pass's own traffic evicts them. Zen 4 VM, 2 threads, one Python process,
+  // shuffled rounds, upward -> downward, two runs: huge pages (THP_MEM_ALLOC_ENABLE=1),
+  // (4096, 4096) dim=1 forward at 78 -> 91 and 71 -> 79 % of a clone's time, bf16 75 -> 85
+  // and 63 -> 66, fp16 77 -> 86 and 68 -> 71; forward + backward fp32 25.8 -> 22.4 and
+  // 25.7 -> 23.3 ms; (768, 48, 128) dim=2 fp32 forward 84 -> 96 and 76 -> 81 %; resident or
+  // 4 KiB pages: within 3 % either way but one forward (fp32, 4 KiB pages, 105 -> 96 %,
+  // then 105 -> 102). Block by block, not task by task: downward 128 KiB tasks started a
+  // stream each and lost up to 7 % with resident outputs ((768, 48, 128) bf16 forward +
+  // backward 1.18 -> 1.27 ms). A C probe (64 MiB, 1 thread): a second read right after an
+  // upward one took 2.3-3.0 ms downward against 2.7-3.3 upward; 16 MiB read again at 4x the
+  // speed of 32 MiB, so the L3 keeps about 16 MiB of the first read.
   auto elementwise = [&](int64_t b, int64_t e, auto... tag) {
-    PrepareAhead<Op> out{op, b * kApplyGrain, std::min(N, e * kApplyGrain), kPopulateBytes / elem_bytes};
-    for (int64_t t = b; t < e; ++t) {
-      int64_t idx = t * kApplyGrain;
-      const int64_t end = std::min(N, idx + kApplyGrain);
-      out.upto(end);
-      if (inner == 1) {
-        // Segments are rows of D: after the first, each starts at d = 0 (one division
-        // per task, not one per row).
-        for (int64_t d = idx % D; idx < end; idx += D - d, d = 0)
-          apply_columns(op, idx, std::min(end - idx, D - d), d, tag...);
-      } else {
-        while (idx < end) {
-          const int64_t d = (idx / inner) % D, i = idx % inner, n = std::min(end - idx, inner - i);
-          apply(op, idx, n, d, tag...);
-          idx += n;
+    const int64_t block_tasks = std::max<int64_t>(1, kPopulateBytes / elem_bytes / kApplyGrain);
+    for (int64_t top = e; top > b; top -= block_tasks) {
+      const int64_t first = std::max(b, top - block_tasks);
+      op.prepare(first * kApplyGrain, std::min(N, top * kApplyGrain) - first * kApplyGrain);
+      for (int64_t t = first; t < top; ++t) {
+        int64_t idx = t * kApplyGrain;
+        const int64_t end = std::min(N, idx + kApplyGrain);
+        if (inner == 1) {
+          // Segments are rows of D: after the first, each starts at d = 0 (one division
+          // per task, not one per row).
+          for (int64_t d = idx % D; idx < end; idx += D - d, d = 0)
+            apply_columns(op, idx, std::min(end - idx, D - d), d, tag...);
+        } else {
+          while (idx < end) {
+            const int64_t d = (idx / inner) % D, i = idx % inner, n = std::min(end - idx, inner - i);
+            apply(op, idx, n, d, tag...);
+            idx += n;
+          }
         }
       }
     }

@@ -57,7 +57,14 @@ int64_t last_level_cache_bytes() {
 //   page fault zeroes each page into the cache and ordinary stores then hit it; into
 //   resident memory they win the op (1.5-1.7x torch) but cost the model when the next
 //   layer would have read w from the cache (wav2vec2 pos-conv step: 0.88x vs 0.99x). So:
-//   only outputs larger than the last-level cache, and only into resident memory.
+//   only outputs larger than 3/4 of the last-level cache, and only into resident memory.
+//   3/4, not all of it: the cache does not keep that much of one output for its reader
+//   anyway (a C probe on the Zen 4 VM, 32 MiB L3: 16 MiB read again at 4x the speed of
+//   32 MiB), and 32 MiB bf16/fp16 outputs then pay the read of every line. Zen 4 VM, 2
+//   threads, resident memory (glibc's heap), one Python process, shuffled rounds, stores
+//   that stream above 32 MiB -> 24 MiB: (4096, 4096) bf16 forward 92 -> 109 % of a clone's
+//   time, fp16 78 -> 108, dim=1 57 -> 67 and 55 -> 63; forward + backward 7.0 -> 5.5 ms,
+//   5.5 -> 4.7, dim=1 10.0 -> 8.6, 10.1 -> 8.9. (16 MiB read the same.)
 // - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
 //   block at a time instead of faulting page by page: the zeroing is the same, the
 //   traps are not. populate_for_write skips whatever pages are resident after all.
@@ -69,7 +76,7 @@ OutputWrite output_write(const at::Tensor& out) {
   const int64_t bytes = out.numel() * int64_t(out.element_size());
   if (bytes < kTestMinBytes) return OutputWrite::cached;
   if (!resident(out.const_data_ptr(), bytes)) return OutputWrite::populate;
-  return bytes > last_level_cache_bytes() ? OutputWrite::streamed : OutputWrite::cached;
+  return bytes > last_level_cache_bytes() / 4 * 3 ? OutputWrite::streamed : OutputWrite::cached;
 }
 
 Isa checked_active_isa() {
