@@ -95,13 +95,6 @@ inline void st_out(const V& v, const Output<T>& out, int64_t i, int64_t n, Tag..
   else st_full<false>(v, p, tag...);
 }
 
-// Asks for the cache lines of p[0, n) ahead of their use (a hint: it never faults).
-template <class T>
-inline void prefetch_range(const T* p, int64_t n) {
-  const char* b = reinterpret_cast<const char*>(p);
-  for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) __builtin_prefetch(b + k);
-}
-
 // The divisor of g: max(norm, eps), the norm first rounded to T for bf16/fp16 (see
 // kernels.h: so that g = ||v|| as stored scales v by exactly 1). A norm beyond T's range
 // is used unrounded.
@@ -147,7 +140,6 @@ struct FwdOp {
 
   static constexpr int kStreams = 1;  // tensors the reduction reads
   static constexpr bool kWidens = sizeof(T) < sizeof(A);  // bf16/fp16: loads convert to fp32
-  void prefetch(int64_t i, int64_t n) const { prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const {
     const V x = ld<V>(v + i, c);
     return fma(x, x, a);
@@ -194,7 +186,6 @@ struct BwdOp {
 
   static constexpr int kStreams = 2;
   static constexpr bool kWidens = sizeof(T) < sizeof(A);
-  void prefetch(int64_t i, int64_t n) const { prefetch_range(gw + i, n), prefetch_range(v + i, n); }
   V acc(V a, int64_t i, int64_t c) const { return fma(ld<V>(gw + i, c), ld<V>(v + i, c), a); }
   bool finish(int64_t d, A dot) const {
     const A n = norm[d];
@@ -265,17 +256,13 @@ FASTWN_FLATTEN typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = 
 // acc[j] += the terms of elements off + r * stride + j for r in [0, rows), j in [0, n):
 // the column reduction of one group of rows. The rows share one load and store of the
 // accumulators; the FMAs still chain in row order, so the sums are those of a
-// row-by-row loop, bit for bit, whatever the grouping. Before it starts, the group
-// `ahead` rows further on is prefetched (ahead = 0: none; see ColumnPlan).
+// row-by-row loop, bit for bit, whatever the grouping.
 // kRows > 0: the group has that many rows, a constant for which the compiler unrolls the
 // row loop (reduce_column_group picks it).
 template <int64_t kRows, class Op>
-void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc,
-                    int64_t ahead) {
+void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
   using V = typename Op::V;
   const int64_t count = kRows > 0 ? kRows : rows;
-  if (ahead > 0)
-    for (int64_t r = ahead; r < ahead + count; ++r) op.prefetch(off + r * stride, n);
   for_chunks<V>(n, [&](int64_t j, int64_t c) {
     V a = ld<V>(acc + j, c);
     for (int64_t r = 0; r < count; ++r) a = op.acc(a, off + r * stride + j, c);
@@ -291,24 +278,21 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 // In perf's cpu-clock samples of the (36864, 128) fp16 forward, the reduction went from
 // 1.03-1.12x the samples of torch's to 0.72-0.74x.
 template <class Op>
-void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc,
-                         int64_t ahead) {
+void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
   switch (rows) {
-    case 8: return reduce_columns<8>(op, off, stride, rows, n, acc, ahead);
-    case 4: return reduce_columns<4>(op, off, stride, rows, n, acc, ahead);
-    case 2: return reduce_columns<2>(op, off, stride, rows, n, acc, ahead);
-    default: return reduce_columns<0>(op, off, stride, rows, n, acc, ahead);
+    case 8: return reduce_columns<8>(op, off, stride, rows, n, acc);
+    case 4: return reduce_columns<4>(op, off, stride, rows, n, acc);
+    case 2: return reduce_columns<2>(op, off, stride, rows, n, acc);
+    default: return reduce_columns<0>(op, off, stride, rows, n, acc);
   }
 }
 
-// How many rows the column reduction takes per pass over its accumulators, and how far
-// ahead it prefetches. Long rows (at least a page per input) are streams the hardware
-// prefetcher follows: 8 rows per pass, no software prefetch. Short rows are not (a
-// stream ends before the prefetcher has ramped up), so when they come from beyond the
-// L2 (inputs over 4 MiB), each group asks for the rows about 4 KiB ahead itself, and a
-// group spans about 1 KiB of each input (512 B where the loads do not widen: fp32,
-// fp64): fewer, longer streams in flight. Zen 3 VM, kernel_probe, medians of 15 rounds
-// that alternate with 8 rows and no prefetch (ms, that -> this, with 1 KiB groups):
+// How many rows the column reduction takes per pass over its accumulators. Long rows (at
+// least a page per input) are streams the hardware prefetcher follows: 8 rows per pass.
+// Short rows from beyond the L2 (inputs over 4 MiB) take groups of about 1 KiB of each
+// input (512 B where the loads do not widen: fp32, fp64): fewer streams in flight. Zen 3
+// VM, kernel_probe, medians of 15 rounds that alternate with 8 rows and no prefetch (ms,
+// that -> this, with 1 KiB groups that also prefetched the rows 4 KiB ahead):
 //   (36864, 128) columns, 1 thread: fp32 fwd 6.2 -> 5.1, bwd 10.5 -> 7.9;
 //     bf16 fwd 3.5 -> 3.1, bwd 5.0 -> 4.3; 2 threads: fp32 fwd 3.5 -> 3.0, bwd 6.6 -> 5.2;
 //   (9216, 512) columns, 1 thread: fp32 fwd 5.2 -> 4.6, bf16 bwd 7.5 -> 5.5.
@@ -321,9 +305,18 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // larger share), and (73728, 64) fp32 read the same with 1, 2 or 4 rows. fp64 rows of 128
 // are 1 KiB, 1 row per group with either size; forced to 2 rows they read 2.14-2.46 ms,
 // 1 row 1.91-2.04 (3 rounds). 1 row was not measured on the Zen 3.
-// A tensor that stays in cache between calls gains nothing from either and pays for the
-// accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads, 0.218 ms with
-// 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the forward (the L1 rule
+// The software prefetch is gone: on the Zen 4 VM, without it was faster in 66 of 78 pairs
+// of medians, by 1-15 % (torch_ab, both builds in one process, 20-30 rounds, three
+// batches of (36864, 128), (9216, 512), (73728, 64), (17000, 130) columns, fp32, bf16,
+// fp16, both directions, 1 and 2 threads; ms, with -> without):
+// (36864, 128) fp32 backward 5.02 -> 4.43, 4.56 -> 4.08, 4.21 -> 3.91 (1 thread), forward
+// 2.39 -> 2.33; bf16 forward 0.98 -> 0.92, backward 2.23 -> 1.99 (0.61 -> 0.53 at 2
+// threads); (9216, 512) fp32 backward 6.35 -> 5.27; (17000, 130) bf16 backward 0.45 ->
+// 0.39 (2 threads); the losses within 7 % ((17000, 130) fp32 backward 1.34 -> 1.44).
+// The rows of such a group are adjacent in memory (the block spans the row), one stream.
+// A tensor that stays in cache between calls gains nothing from small groups and pays
+// for the accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads,
+// 0.218 ms with 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the forward (the L1 rule
 // below halves that for the backward): 1 row per pass took 1.9x as long there (16 KiB of
 // accumulators compete with the stream for L1), and prefetching 8 rows ahead 1.3-1.5x.
 // A group must also fit the L1's ways. Each chunk loads one line from each row of the
@@ -343,10 +336,7 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // forward 86 -> 84 and 84 -> 82, backward 147 -> 139; (4096, 4096) (64 MiB), 8/4 rows
 // against 4/2: forward 5.5 vs 6.7 ms (2 threads), 10.5 vs 11.1 (1 thread), backward 8.7
 // vs 8.9 and 15.3 vs 15.5; bf16 alike.
-struct ColumnPlan {
-  int64_t rows, ahead;
-};
-ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
+int64_t plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
   const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
@@ -355,8 +345,8 @@ ColumnPlan plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, in
   // count is rounded down to a power of two, the group sizes reduce_column_group unrolls.
   const int64_t ways = in_cache ? kL1Ways - 1 : kL1Ways;
   const int64_t fit = std::clamp<int64_t>(std::bit_floor(uint64_t(period * (ways / streams))), 1, kMaxRows);
-  if (row_bytes >= kPage || in_cache) return {fit, 0};
-  return {std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit), ceil_div(kPage, row_bytes)};
+  if (row_bytes >= kPage || in_cache) return fit;
+  return std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit);
 }
 
 // acc[j] += x[j] for j in [0, n).
@@ -515,18 +505,14 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       A* acc = partial.get() + (c * r.P + p) * D;
       for (int64_t d = d0; d < d1; ++d) acc[d] = A(0);
       if (inner == 1) {
-        const ColumnPlan cp = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes,
-                                           Op::kWidens);
+        const int64_t group = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes,
+                                            Op::kWidens);
         A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
         for (int64_t ob = o0; ob < o1; ob += kSumRows) {
           const int64_t ob1 = std::min(o1, ob + kSumRows);
           std::fill(block, block + (d1 - d0), A(0));
-          for (int64_t o = ob; o < ob1; o += cp.rows) {
-            const int64_t rows = std::min(cp.rows, ob1 - o);
-            // Prefetch only rows this task reads: never past the tensor's end.
-            const int64_t ahead = o + cp.ahead + rows <= o1 ? cp.ahead : 0;
-            reduce_column_group(op, o * D + d0, D, rows, d1 - d0, block, ahead);
-          }
+          for (int64_t o = ob; o < ob1; o += group)
+            reduce_column_group(op, o * D + d0, D, std::min(group, ob1 - o), d1 - d0, block);
           add_into<typename Op::V>(acc + d0, block, d1 - d0);
         }
       } else {
