@@ -553,9 +553,10 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   // shuffled rounds, upward -> downward, two runs: huge pages (THP_MEM_ALLOC_ENABLE=1),
   // (4096, 4096) dim=1 forward at 78 -> 91 and 71 -> 79 % of a clone's time, bf16 75 -> 85
   // and 63 -> 66, fp16 77 -> 86 and 68 -> 71; forward + backward fp32 25.8 -> 22.4 and
-  // 25.7 -> 23.3 ms; (768, 48, 128) dim=2 fp32 forward 84 -> 96 and 76 -> 81 %; resident or
-  // 4 KiB pages: within 3 % either way but one forward (fp32, 4 KiB pages, 105 -> 96 %,
-  // then 105 -> 102). Block by block, not task by task: downward 128 KiB tasks started a
+  // 25.7 -> 23.3 ms; (768, 48, 128) dim=2 fp32 forward 84 -> 96 and 76 -> 81 %; resident
+  // outputs within 3 % either way; fresh 4 KiB pages lost some (bf16 forward + backward
+  // 23.9 -> 24.9 and 32.2 -> 33.7 ms, fp32 forward 105 -> 96 and 105 -> 102 %), tied
+  // the rest. Block by block, not task by task: downward 128 KiB tasks started a
   // stream each and lost up to 7 % with resident outputs ((768, 48, 128) bf16 forward +
   // backward 1.18 -> 1.27 ms). A C probe (64 MiB, 1 thread): a second read right after an
   // upward one took 2.3-3.0 ms downward against 2.7-3.3 upward; 16 MiB read again at 4x the
