@@ -316,9 +316,10 @@ void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // The rows of such a group are adjacent in memory (the block spans the row), one stream.
 // A tensor that stays in cache between calls gains nothing from small groups and pays
 // for the accumulators' extra trips: (1024, 1024) columns fp16 (2 MiB), 2 threads,
-// 0.218 ms with 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the forward (the L1 rule
-// below halves that for the backward): 1 row per pass took 1.9x as long there (16 KiB of
-// accumulators compete with the stream for L1), and prefetching 8 rows ahead 1.3-1.5x.
+// 0.218 ms with 8 rows, 0.286 ms with this. (4096, 4096) columns keep 8 rows in the
+// forward (the L1 rule below halves that for the backward): 1 row per pass took 1.9x as
+// long there (16 KiB of accumulators compete with the stream for L1), and prefetching 8
+// rows ahead 1.3-1.5x.
 // A group must also fit the L1's ways. Each chunk loads one line from each row of the
 // group and input; rows whose stride is a multiple of 4 KiB (the L1's sets times its line:
 // 64 x 64 B on Zen 3 and Skylake alike) land in one set, whose 8 ways then cannot hold
@@ -556,10 +557,10 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
   // 25.7 -> 23.3 ms; (768, 48, 128) dim=2 fp32 forward 84 -> 96 and 76 -> 81 %; resident
   // outputs within 3 % either way; fresh 4 KiB pages lost some (bf16 forward + backward
   // 23.9 -> 24.9 and 32.2 -> 33.7 ms, fp32 forward 105 -> 96 and 105 -> 102 %), tied
-  // the rest. Block by block, not task by task: downward 128 KiB tasks started a
-  // stream each and lost up to 7 % with resident outputs ((768, 48, 128) bf16 forward +
-  // backward 1.18 -> 1.27 ms). A C probe (64 MiB, 1 thread): a second read right after an
-  // upward one took 2.3-3.0 ms downward against 2.7-3.3 upward; 16 MiB read again at 4x the
+  // the rest. Block by block, not task by task: downward 128 KiB tasks started a stream
+  // each and lost up to 7 % with resident outputs ((768, 48, 128) bf16 forward + backward
+  // 1.18 -> 1.27 ms). A C probe (64 MiB, 1 thread): a second read right after an upward
+  // one took 2.3-3.0 ms downward against 2.7-3.3 upward; 16 MiB read again at 4x the
   // speed of 32 MiB, so the L3 keeps about 16 MiB of the first read.
   auto elementwise = [&](int64_t b, int64_t e, auto... tag) {
     const int64_t block_tasks = std::max<int64_t>(1, kPopulateBytes / elem_bytes / kApplyGrain);
