@@ -11,17 +11,26 @@
 // Why in one process: the time of the same code moves by up to 25 % from one process to
 // the next on the 2-core VM (the placement of its code and data), so a comparison of two
 // processes, as kernel_probe against Python, can show a gap that is not there.
+// With TORCH_AB_POOL=1 in the environment, every CPU allocation of 1 MiB or more comes
+// from a pool per size, last freed first out: each call's output then lands in the same
+// memory whichever library makes it. Without it glibc places them, and where one
+// library's output sits against v (modulo 4 KiB, and which physical pages) can move its
+// time by several per cent while the other's stays: wav2vec2's (36864, 128) fp32 backward
+// read 0.88-1.02x torch in five processes of one binary.
 // torch's fused kernels take the first or the last axis only: (1, D, INNER) runs as a
 // [D, INNER] weight with dim 0, (OUTER, D, 1) as [OUTER, D] with dim 1. Before timing,
 // each fastwn candidate's output is checked against torch's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,6 +44,30 @@ namespace {
 void torch_parallel_for(int64_t n, int64_t grain, void* ctx, cpu::TaskBody body) {
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { body(ctx, b, e); });
 }
+
+// TORCH_AB_POOL (above): large blocks from per-size free lists, never returned to glibc.
+struct PoolAllocator final : c10::Allocator {
+  static constexpr size_t kMin = size_t(1) << 20;
+  c10::Allocator* base = nullptr;
+  static inline std::map<size_t, std::vector<void*>> free_lists;
+  static inline std::map<void*, size_t> sizes;
+  static void release(void* p) { free_lists[sizes[p]].push_back(p); }
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kMin) return base->allocate(n);
+    auto& list = free_lists[n];
+    void* p = nullptr;
+    if (!list.empty()) {
+      p = list.back();
+      list.pop_back();
+    } else {
+      if (posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
+      std::memset(p, 0, n);  // resident, as glibc's reused blocks are
+      sizes[p] = n;
+    }
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
 
 template <class P>
 using Kernel = void (*)(const P&, cpu::ParallelFor);
@@ -54,6 +87,11 @@ int main(int argc, char** argv) {
   if (argc < 9) {
     std::fprintf(stderr, "usage: torch_ab OUTER D INNER f32|bf16|f16 fwd|bwd ROUNDS THREADS CANDIDATE...\n");
     return 2;
+  }
+  static PoolAllocator pool;  // outlives every tensor: main's locals are destroyed first
+  if (const char* e = std::getenv("TORCH_AB_POOL"); e && std::string(e) == "1") {
+    pool.base = c10::GetCPUAllocator();
+    c10::SetCPUAllocator(&pool, /*priority=*/255);
   }
   const int64_t outer = std::atoll(argv[1]), D = std::atoll(argv[2]), inner = std::atoll(argv[3]);
   const std::string dt = argv[4], dir = argv[5];
