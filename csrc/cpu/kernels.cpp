@@ -617,18 +617,23 @@ void backward_t(const BwdParams& p, ParallelFor par) {
 // kernels (PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs too: its AVX-512 slot is
 // empty). Measured on the Zen 4 VM only, whose 512-bit loads, stores and conversions issue
 // as two 256-bit halves; not on an Intel CPU.
-// - fp32 forwards, except column reductions of rows shorter than a page. A forward streams
-//   v twice and w once with one multiply per load, so the width buys no compute, and the
-//   256-bit loop was the faster one; short-row columns, though, spend their time on the
-//   per-row loads and stores of the accumulators and the scale, which 512 bits halve.
-//   kernel_probe, AVX-512 -> AVX2, 5-6 alternating rounds, 4 KiB pages unless said:
-//   1 thread, (4096, 4096) rows 6.6-8.0 -> 5.7-7.1 ms (huge pages 5.7-6.3 -> 4.9-5.8),
-//   columns 10.2-11.2 -> 8.9-9.4 (huge pages 8.9-10.8 -> 7.4-7.8; 2 threads 6.5-6.6 ->
-//   5.3-6.3), (1024, 1024) columns 168-175 -> 155-164 us (5 of 6 rounds), (768, 48, 128)
-//   dim=1 5 of 6 rounds, (1024, 1024) rows a tie, (11008, 4096) rows at 2 threads in huge
-//   pages 5 of 8 rounds; but (36864, 128) columns 1.59-1.78 -> 1.94-2.06 ms (huge pages;
-//   2 threads 1.01-1.20 -> 1.16-1.50). AVX-512's rescale also lost 30 % with w 64 B past v
-//   modulo 4 KiB, AVX2's nothing. The fp32 backward keeps 512 bits.
+// - fp32 from memory (inputs over kCacheResident), both directions, except column
+//   reductions of rows shorter than a page. Such a call streams its tensors with one or
+//   two multiplies per load, so the width buys no compute, and the 256-bit loop was the
+//   faster one; short-row columns, though, spend their time on the per-row loads and
+//   stores of the accumulators and the coefficients, which 512 bits halve. In the caches
+//   the loops are bound by the core, not by memory, and 512 bits win. torch_ab (this set
+//   and AVX2's in one process), medians over torch's time (x), AVX-512 vs AVX2, 1 and 2
+//   threads: forwards in the caches, rows (1024, 1024) 1.42 vs 1.29 and 1.66 vs 1.52,
+//   (256, 2304) 1.50 vs 1.27 and 1.74 vs 1.50, (512, 1536) 1.48 vs 1.28 and 1.74 vs 1.50,
+//   columns (1024, 1024) 0.93 vs 0.93 and 1.05 vs 1.01 (in-cache backwards within 5 %
+//   either way); backwards from memory, rows (4096, 4096) 1.03 vs 1.08 and 1.04 vs 1.07,
+//   (64, 262144) 1.01 vs 1.04 and 0.84 vs 1.00, columns (4096, 4096) 0.96 vs 1.06 and
+//   0.98 vs 1.02; but (36864, 128) columns backward 1.00 vs 0.89 and 0.98 vs 0.94 (with
+//   every output of a size in one buffer, as torch_ab's pooled runs had it). Until this,
+//   on kernel_probe's word (across processes), every fp32 forward but the short-row
+//   columns went to AVX2 and no backward did. AVX-512's rescale also lost 30 % with w
+//   64 B past v modulo 4 KiB, AVX2's nothing.
 // - fp16 rows overlapped (plan_rows: in the caches), both directions: their loop is bound
 //   by the conversions, and AVX-512's took longer than twice AVX2's. torch_ab, 1 thread,
 //   AVX-512 vs AVX2, medians (us): (1024, 1024) forward 109 vs 85, backward 163 vs 118;
@@ -639,8 +644,10 @@ void backward_t(const BwdParams& p, ParallelFor par) {
 template <template <class> class Op, class P>
 bool own(const P& p) {
 #ifdef __AVX512F__
-  constexpr bool forward = std::is_same_v<P, FwdParams>;
-  if (forward && p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
+  if (p.dtype == DType::f32) {
+    const int64_t bytes = p.shape.numel() * int64_t(sizeof(float));
+    return bytes <= kCacheResident || (p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage);
+  }
   constexpr int64_t f16_bytes = sizeof(f16_t);
   if (p.dtype == DType::f16 && rows_in_cache(p.shape, f16_bytes)) return !overlap_rows<Op<f16_t>>(p.shape, f16_bytes);
 #endif
