@@ -1,5 +1,6 @@
 // torch_ab OUTER D INNER DTYPE fwd|bwd ROUNDS THREADS CANDIDATE...
-//   DTYPE: f32, bf16 or f16; CANDIDATE: torch, scalar, avx2 or avx512.
+//   DTYPE: f32, bf16 or f16; CANDIDATE: torch, scalar, avx2, avx512, or clone (a copy of
+//   v into a fresh tensor: the benchmark's "% of a clone" in the same process).
 // Built on request by the main CMake project (make torch-ab): build/ab/torch_ab.
 //
 // PyTorch's CPU weight-norm kernel (at::_weight_norm_interface and its backward) and
@@ -77,7 +78,7 @@ Kernel<P> kernel_of(const std::string& isa, Kernel<P> scalar_fn, Kernel<P> avx2_
   if (isa == "scalar") return scalar_fn;
   if (isa == "avx2") return avx2_fn;
   if (isa == "avx512") return avx512_fn;
-  std::fprintf(stderr, "unknown candidate %s (torch, scalar, avx2, avx512)\n", isa.c_str());
+  std::fprintf(stderr, "unknown candidate %s (torch, scalar, avx2, avx512, clone)\n", isa.c_str());
   std::exit(2);
 }
 
@@ -119,7 +120,9 @@ int main(int argc, char** argv) {
   for (int a = 8; a < argc; ++a) {
     const std::string c = argv[a];
     names.push_back(c);
-    if (c == "torch") {
+    if (c == "clone") {
+      fns.push_back([&] { return v.clone(); });
+    } else if (c == "torch") {
       if (forward) fns.push_back([&] { return std::get<0>(at::_weight_norm_interface(v, g, tdim)); });
       else fns.push_back([&] { return std::get<0>(at::_weight_norm_interface_backward(grad_w, v, g, norm_torch, tdim)); });
     } else if (forward) {
@@ -145,6 +148,7 @@ int main(int argc, char** argv) {
   // The check: a candidate that computed something else would be timed for nothing.
   const at::Tensor ref = (forward ? w_ref : gv_ref).to(at::kDouble);
   for (size_t k = 0; k < fns.size(); ++k) {
+    if (names[k] == "clone") continue;
     const double err = (fns[k]().to(at::kDouble) - ref).abs().max().item<double>();
     const double scale = ref.abs().max().item<double>();
     // fp32: the sums' rounding, not a fault, reaches 1.2e-5 in rows of 1M elements.
@@ -178,7 +182,7 @@ int main(int argc, char** argv) {
               (long long)inner, argv[7]);
   for (size_t k = 0; k < fns.size(); ++k) {
     std::printf("  %s %.1f us", names[k].c_str(), med[k]);
-    if (torch_us > 0 && names[k] != "torch") std::printf(" (torch/this %.2f)", torch_us / med[k]);
+    if (torch_us > 0 && names[k] != "torch" && names[k] != "clone") std::printf(" (torch/this %.2f)", torch_us / med[k]);
   }
   std::printf("\n");
   return 0;
