@@ -617,23 +617,22 @@ void backward_t(const BwdParams& p, ParallelFor par) {
 // kernels (PyTorch's weight-norm kernels are AVX2 on AVX-512 CPUs too: its AVX-512 slot is
 // empty). Measured on the Zen 4 VM only, whose 512-bit loads, stores and conversions issue
 // as two 256-bit halves; not on an Intel CPU.
-// - fp32 from memory (inputs over kCacheResident), both directions, except column
-//   reductions of rows shorter than a page. Such a call streams its tensors with one or
-//   two multiplies per load, so the width buys no compute, and the 256-bit loop was the
-//   faster one; short-row columns, though, spend their time on the per-row loads and
-//   stores of the accumulators and the coefficients, which 512 bits halve. In the caches
-//   the loops are bound by the core, not by memory, and 512 bits win. torch_ab (this set
-//   and AVX2's in one process), medians over torch's time (x), AVX-512 vs AVX2, 1 and 2
-//   threads: forwards in the caches, rows (1024, 1024) 1.42 vs 1.29 and 1.66 vs 1.52,
-//   (256, 2304) 1.50 vs 1.27 and 1.74 vs 1.50, (512, 1536) 1.48 vs 1.28 and 1.74 vs 1.50,
-//   columns (1024, 1024) 0.93 vs 0.93 and 1.05 vs 1.01 (in-cache backwards within 5 %
-//   either way); backwards from memory, rows (4096, 4096) 1.03 vs 1.08 and 1.04 vs 1.07,
-//   (64, 262144) 1.01 vs 1.04 and 0.84 vs 1.00, columns (4096, 4096) 0.96 vs 1.06 and
-//   0.98 vs 1.02; but (36864, 128) columns backward 1.00 vs 0.89 and 0.98 vs 0.94 (with
-//   every output of a size in one buffer, as torch_ab's pooled runs had it). Until this,
-//   on kernel_probe's word (across processes), every fp32 forward but the short-row
-//   columns went to AVX2 and no backward did. AVX-512's rescale also lost 30 % with w
-//   64 B past v modulo 4 KiB, AVX2's nothing.
+// - fp32, both directions, except column reductions of rows shorter than a page. Such a
+//   call streams its tensors with one or two multiplies per load, so the width buys no
+//   compute, and the 256-bit loop was as fast or faster; short-row columns, though, spend
+//   their time on the per-row loads and stores of the accumulators and the coefficients,
+//   which 512 bits halve. torch_ab, both kernel sets built with 64-byte loop alignment
+//   (see cmake/cpu_kernels.cmake; without it each comparison was one of two placements)
+//   and linked into one process, medians over torch's time (x), AVX2 vs AVX-512, 1 thread
+//   then 2, two links: rows in the caches, forward (1024, 1024) 1.61 vs 1.52, 1.86 vs 1.79,
+//   and 1.51 vs 1.50, 2.01 vs 1.91; (512, 1536) 1.63 vs 1.48, 1.82 vs 1.81, 1.60 vs 1.62,
+//   2.05 vs 1.97; backward (1024, 1024) 1.05 vs 1.02, 1.18 vs 1.11, 1.11 vs 1.05, 1.33 vs
+//   1.31; from memory, forward (4096, 4096) 1.00 vs 0.87, 0.99 vs 0.93, backward (64,
+//   262144) 1.14 vs 1.07, 1.03 vs 0.99, (4096, 4096) columns 1.09 vs 1.04, 1.06 vs 1.03;
+//   (1024, 1024) columns within 2 % but one backward (0.96 vs 1.01); but (36864, 128)
+//   columns forward 0.85 vs 1.03, 0.82 vs 1.01, backward 0.88 vs 1.00. (Before, the fp32
+//   backward kept 512 bits, on comparisons made across processes and placements.)
+//   AVX-512's rescale also lost 30 % with w 64 B past v modulo 4 KiB, AVX2's nothing.
 // - fp16 rows overlapped (plan_rows: in the caches), both directions: their loop is bound
 //   by the conversions, and AVX-512's took longer than twice AVX2's. torch_ab, 1 thread,
 //   AVX-512 vs AVX2, medians (us): (1024, 1024) forward 109 vs 85, backward 163 vs 118;
@@ -644,10 +643,7 @@ void backward_t(const BwdParams& p, ParallelFor par) {
 template <template <class> class Op, class P>
 bool own(const P& p) {
 #ifdef __AVX512F__
-  if (p.dtype == DType::f32) {
-    const int64_t bytes = p.shape.numel() * int64_t(sizeof(float));
-    return bytes <= kCacheResident || (p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage);
-  }
+  if (p.dtype == DType::f32) return p.shape.inner == 1 && p.shape.D * int64_t(sizeof(float)) < kPage;
   constexpr int64_t f16_bytes = sizeof(f16_t);
   if (p.dtype == DType::f16 && rows_in_cache(p.shape, f16_bytes)) return !overlap_rows<Op<f16_t>>(p.shape, f16_bytes);
 #endif
