@@ -14,10 +14,10 @@
 // processes, as kernel_probe against Python, can show a gap that is not there.
 // With TORCH_AB_POOL=1 in the environment, every CPU allocation of 1 MiB or more comes
 // from a pool per size, last freed first out: each call's output then lands in the same
-// memory whichever library makes it. Without it glibc places them, and where one
-// library's output sits against v (modulo 4 KiB, and which physical pages) can move its
-// time by several per cent while the other's stays: wav2vec2's (36864, 128) fp32 backward
-// read 0.88-1.02x torch in five processes of one binary.
+// memory whichever library makes it. Without it glibc places them, not always alike
+// (wav2vec2's (36864, 128) fp32 backward: torch's grad_v came from one heap block in 8 of
+// 12 calls, fastwn's from another in 4 of 6), and the ratio moved with it: 0.87-1.02x
+// torch in ten processes of one binary, 0.94-0.99 in five pooled.
 // torch's fused kernels take the first or the last axis only: (1, D, INNER) runs as a
 // [D, INNER] weight with dim 0, (OUTER, D, 1) as [OUTER, D] with dim 1. Before timing,
 // each fastwn candidate's output is checked against torch's.
@@ -32,6 +32,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
