@@ -335,8 +335,8 @@ def test_large_outputs(isa, device, dtype, shape, dim, layout):
     both: fp32 (2051, 2053) rows one after the other, (700, 4099) overlapped (a row and
     its output overflow the L1); bf16/fp16 the other way round from the small ones.
     (17000, 130) columns are over 4 MiB in every dtype, so the column reduction takes its
-    groups of short rows (plan_columns). Outputs this large are often fresh pages from glibc, which
-    the kernels populate ahead of the stores.
+    groups of short rows (plan_columns). Outputs this large are often fresh pages from
+    glibc, which the kernels populate ahead of the stores.
     That path and the non-temporal stores (which the glue picks only for resident outputs
     larger than 3/4 of the last-level cache) are tested for certain on the kernels directly:
     test_cpp_kernels.py."""
