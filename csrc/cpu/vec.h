@@ -141,6 +141,8 @@ template <> struct Vec<float> {
   float hsum() const { return _mm512_reduce_add_ps(x); }
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.x, b.x)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.x, b.x)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.x, b.x)}; }
+  friend Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -159,6 +161,8 @@ template <> struct Vec<double> {
   double hsum() const { return _mm512_reduce_add_pd(x); }
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.x, b.x)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.x, b.x)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_pd(a.x, b.x)}; }
+  friend Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -221,6 +225,8 @@ template <> struct Vec<float> {
   }
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.x, b.x)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.x, b.x)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.x, b.x)}; }
+  friend Vec sqrt(Vec a) { return {_mm256_sqrt_ps(a.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -241,6 +247,8 @@ template <> struct Vec<double> {
   }
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_pd(a.x, b.x)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_pd(a.x, b.x)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm256_div_pd(a.x, b.x)}; }
+  friend Vec sqrt(Vec a) { return {_mm256_sqrt_pd(a.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -281,6 +289,8 @@ struct VecBf16 {
   float hsum() const { return Vec<float>{_mm256_add_ps(lo, hi)}.hsum(); }
   friend VecBf16 operator+(VecBf16 a, VecBf16 b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
   friend VecBf16 operator*(VecBf16 a, VecBf16 b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+  friend VecBf16 operator/(VecBf16 a, VecBf16 b) { return {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+  friend VecBf16 sqrt(VecBf16 a) { return {_mm256_sqrt_ps(a.lo), _mm256_sqrt_ps(a.hi)}; }
   friend VecBf16 fma(VecBf16 a, VecBf16 b, VecBf16 c) {
     return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
   }
@@ -323,6 +333,8 @@ template <class Acc> struct Vec {
   }
   friend Vec operator+(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u + w; }); }
   friend Vec operator*(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u * w; }); }
+  friend Vec operator/(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u / w; }); }
+  friend Vec sqrt(const Vec& a) { return map(a, a, [](Acc u, Acc) { return std::sqrt(u); }); }
   // Plain multiply-add: without -mfma, std::fma is a slow software routine.
   friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
     Vec r;
