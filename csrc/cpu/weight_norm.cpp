@@ -56,27 +56,50 @@ int64_t last_level_cache_bytes() {
 //   into freshly mapped pages they lose (4096x4096 fp32: 0.71x torch vs 0.98x), since the
 //   page fault zeroes each page into the cache and ordinary stores then hit it; into
 //   resident memory they win the op (1.5-1.7x torch) but cost the model when the next
-//   layer would have read w from the cache (wav2vec2 pos-conv step: 0.88x vs 0.99x). So:
-//   only outputs larger than 3/4 of the last-level cache, and only into resident memory.
-//   3/4, not all of it: the cache does not keep that much of one output for its reader
-//   anyway (a C probe on the Zen 4 VM, 32 MiB L3: 16 MiB read again at 4x the speed of
-//   32 MiB), and 32 MiB bf16/fp16 outputs then pay the read of every line. Zen 4 VM, 2
-//   threads, resident memory (glibc's heap), one Python process, shuffled rounds, stores
-//   that stream above 32 MiB -> 24 MiB: (4096, 4096) bf16 forward 92 -> 109 % of a clone's
-//   time, fp16 78 -> 108, dim=1 57 -> 67 and 55 -> 63; forward + backward 7.0 -> 5.5 ms,
-//   5.5 -> 4.7, dim=1 10.0 -> 8.6, 10.1 -> 8.9. (16 MiB read the same.)
+//   layer would have read w from the cache (wav2vec2 pos-conv step: 0.88x vs 0.99x). So
+//   only into resident memory, and only outputs larger than `stream_above` (Output):
+// - w: 3/4 of the last-level cache, not all of it: the cache does not keep that much of
+//   one output for its reader anyway (a C probe on the Zen 4 VM, 32 MiB L3: 16 MiB read
+//   again at 4x the speed of 32 MiB), and 32 MiB bf16/fp16 outputs then pay the read of
+//   every line. Zen 4 VM, 2 threads, resident memory (glibc's heap), one Python process,
+//   shuffled rounds, stores that stream above 32 MiB -> 24 MiB: (4096, 4096) bf16
+//   forward 92 -> 109 % of a clone's time, fp16 78 -> 108, dim=1 57 -> 67 and 55 -> 63;
+//   forward + backward 7.0 -> 5.5 ms, 5.5 -> 4.7, dim=1 10.0 -> 8.6, 10.1 -> 8.9. (16 MiB
+//   read the same.)
+// - grad_v: 1/4 of the last-level cache, where the backward's three tensors of that size
+//   (grad_w, v, grad_v) outgrow 3/4 of it. Its reader is the optimizer, after the rest
+//   of the backward (or autograd adding it to an existing .grad at once, which then reads
+//   it from memory), so the cache has little to keep it for; ordinary stores read each
+//   of its lines first and push grad_w and v, which the second pass reads again, out of
+//   the L3. Zen 4 VM (32 MiB L3), fp32 backward, libtorch and fastwn in one process
+//   (torch_ab), each timed on its 2nd-4th consecutive call, medians, ordinary ->
+//   non-temporal stores (us, 1 thread then 2): (36864, 128) columns (18 MiB) 4460 -> 3608
+//   and 2969 -> 2071 (torch 4536, 2603); (2048, 2048) rows (16 MiB) 2478 -> 1594 and
+//   1608 -> 1153; (2048, 1024) (8 MiB) rows 987 -> 606 and 463 -> 356, columns 1242 ->
+//   992 and 556 -> 500; bf16 (36864, 128) (9 MiB) 1219 -> 1070 and 440 -> 450. From 5 to
+//   8 MiB it goes either way: (1280, 1024) rows 296 -> 311 and 109 -> 146, columns 566 ->
+//   440 and 437 -> 370; (1536, 1024) rows 514 -> 289 and 219 -> 256; bf16 (2048, 2048)
+//   751 -> 807 and 655 -> 512. At 4 MiB it loses: (1024, 1024) rows 80 -> 153 and columns
+//   140 -> 211 at 2 threads. In Python (one process per build, against torch's in the
+//   same process), wav2vec2's (768, 48, 128) dim=2 fp32 forward + backward went from
+//   0.92-0.99x torch to 1.02-1.17x in resident memory (`warm`, `default`; 1 and 2 threads).
 // - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
 //   block at a time instead of faulting page by page: the zeroing is the same, the
 //   traps are not. populate_for_write skips whatever pages are resident after all.
 // The residency test is a syscall: 2-3 us on the VM even for one page, so it runs only
 // from kTestMinBytes on, where it is under 1 % of writing the output; smaller outputs
-// (mostly recycled heap blocks, resident) get ordinary stores untested.
-OutputWrite output_write(const at::Tensor& out) {
+// (mostly recycled heap blocks, resident) get ordinary stores untested. Both thresholds
+// are at least kTestMinBytes (last_level_cache_bytes() is at least 32 MiB).
+enum class Output { w, grad_v };
+
+OutputWrite output_write(const at::Tensor& out, Output which) {
   constexpr int64_t kTestMinBytes = int64_t(8) << 20;
   const int64_t bytes = out.numel() * int64_t(out.element_size());
   if (bytes < kTestMinBytes) return OutputWrite::cached;
   if (!resident(out.const_data_ptr(), bytes)) return OutputWrite::populate;
-  return bytes > last_level_cache_bytes() / 4 * 3 ? OutputWrite::streamed : OutputWrite::cached;
+  const int64_t llc = last_level_cache_bytes();
+  const int64_t stream_above = which == Output::w ? llc / 4 * 3 : llc / 4;
+  return bytes > stream_above ? OutputWrite::streamed : OutputWrite::cached;
 }
 
 Isa checked_active_isa() {
@@ -99,7 +122,7 @@ void run_active_isa(const P& p, Kernel<P> scalar_fn, Kernel<P> avx2_fn, Kernel<P
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& v, const at::Tensor& g, int64_t dim, double eps) {
   FwdCall c = prepare_forward(v, g, dim, eps);
-  c.params.write_w = output_write(c.w);
+  c.params.write_w = output_write(c.w, Output::w);
   run_active_isa(c.params, scalar::forward, avx2::forward, avx512::forward);
   return {c.w, c.norm};
 }
@@ -107,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& v, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_w, const at::Tensor& v, const at::Tensor& g,
                                             const at::Tensor& norm, int64_t dim, double eps) {
   BwdCall c = prepare_backward(grad_w, v, g, norm, dim, eps);
-  c.params.write_grad_v = output_write(c.grad_v);
+  c.params.write_grad_v = output_write(c.grad_v, Output::grad_v);
   run_active_isa(c.params, scalar::backward, avx2::backward, avx512::backward);
   return {c.grad_v, c.grad_g};
 }
