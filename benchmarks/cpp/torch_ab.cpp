@@ -1,6 +1,9 @@
 // torch_ab OUTER D INNER DTYPE fwd|bwd ROUNDS THREADS CANDIDATE...
 //   DTYPE: f32, bf16 or f16; CANDIDATE: torch, scalar, avx2, avx512, or clone (a copy of
-//   v into a fresh tensor: the benchmark's "% of a clone" in the same process).
+//   v into a fresh tensor: the benchmark's "% of a clone" in the same process). A kernel
+//   set's name with ":nt" (avx512:nt) writes its output with non-temporal stores
+//   (OutputWrite::streamed, which the glue picks for large resident outputs), without it
+//   with ordinary ones.
 // Built on request by the main CMake project (make torch-ab): build/ab/torch_ab.
 //
 // PyTorch's CPU weight-norm kernel (at::_weight_norm_interface and its backward) and
@@ -18,6 +21,12 @@
 // (wav2vec2's (36864, 128) fp32 backward: torch's grad_v came from one heap block in 8 of
 // 12 calls, fastwn's from another in 4 of 6), and the ratio moved with it: 0.87-1.02x
 // torch in ten processes of one binary, 0.94-0.99 in five pooled.
+// With TORCH_AB_REPEAT=K, each round runs each candidate K times in a row and times all
+// but the first: every timed call then finds the caches as the same candidate's previous
+// call left them, as in a model that uses one library; without it each call finds what
+// another candidate left. (Zen 4 VM, (36864, 128) fp32 backward, avx512 -> avx512:nt,
+// medians in us, 1 thread then 2: alternating 3636 -> 3117 and 2050 -> 1504, K = 4 3715
+// -> 2927 and 2155 -> 1580; torch 3545, 2013 and 3447, 2131.)
 // torch's fused kernels take the first or the last axis only: (1, D, INNER) runs as a
 // [D, INNER] weight with dim 0, (OUTER, D, 1) as [OUTER, D] with dim 1. Before timing,
 // each fastwn candidate's output is checked against torch's.
@@ -119,8 +128,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> names;
   std::vector<std::function<at::Tensor()>> fns;  // each returns its w or grad_v
   for (int a = 8; a < argc; ++a) {
-    const std::string c = argv[a];
-    names.push_back(c);
+    names.push_back(argv[a]);
+    const size_t colon = names.back().find(':');
+    const std::string c = names.back().substr(0, colon);
+    const OutputWrite write = colon != std::string::npos && names.back().substr(colon) == ":nt" ? OutputWrite::streamed
+                                                                                              : OutputWrite::cached;
     if (c == "clone") {
       fns.push_back([&] { return v.clone(); });
     } else if (c == "torch") {
@@ -128,18 +140,18 @@ int main(int argc, char** argv) {
       else fns.push_back([&] { return std::get<0>(at::_weight_norm_interface_backward(grad_w, v, g, norm_torch, tdim)); });
     } else if (forward) {
       const auto k = kernel_of<FwdParams>(c, cpu::scalar::forward, cpu::avx2::forward, cpu::avx512::forward);
-      fns.push_back([&, k] {
+      fns.push_back([&, k, write] {
         at::Tensor w = at::empty_like(v), n = at::empty({D}, v.options().dtype(at::kFloat));
-        k(FwdParams{shape, fdt, v.const_data_ptr(), g.const_data_ptr(), w.data_ptr(), n.data_ptr(), 0.0},
+        k(FwdParams{shape, fdt, v.const_data_ptr(), g.const_data_ptr(), w.data_ptr(), n.data_ptr(), 0.0, false, write},
           torch_parallel_for);
         return w;
       });
     } else {
       const auto k = kernel_of<BwdParams>(c, cpu::scalar::backward, cpu::avx2::backward, cpu::avx512::backward);
-      fns.push_back([&, k] {
+      fns.push_back([&, k, write] {
         at::Tensor gv = at::empty_like(v), gg = at::empty({D}, v.options());
         k(BwdParams{shape, fdt, grad_w.const_data_ptr(), v.const_data_ptr(), g.const_data_ptr(), norm.const_data_ptr(),
-                    gv.data_ptr(), gg.data_ptr(), 0.0},
+                    gv.data_ptr(), gg.data_ptr(), 0.0, write},
           torch_parallel_for);
         return gv;
       });
@@ -164,12 +176,17 @@ int main(int argc, char** argv) {
   std::vector<size_t> order(fns.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
   std::mt19937 rng(0);
+  const char* repeat_env = std::getenv("TORCH_AB_REPEAT");
+  const int repeat = std::max(1, repeat_env ? std::atoi(repeat_env) : 1);
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t k : order) {
-      const auto t0 = std::chrono::steady_clock::now();
-      fns[k]();
-      t[k].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      if (repeat > 1) fns[k]();  // untimed: leaves the caches as this candidate does
+      for (int i = 0; i < std::max(1, repeat - 1); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fns[k]();
+        t[k].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
     }
   }
   double torch_us = 0;

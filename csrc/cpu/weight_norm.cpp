@@ -71,9 +71,9 @@ int64_t last_level_cache_bytes() {
 //   of the backward (or autograd adding it to an existing .grad at once, which then reads
 //   it from memory), so the cache has little to keep it for; ordinary stores read each
 //   of its lines first and push grad_w and v, which the second pass reads again, out of
-//   the L3. Zen 4 VM (32 MiB L3), fp32 backward, libtorch and fastwn in one process
-//   (torch_ab), each timed on its 2nd-4th consecutive call, medians, ordinary ->
-//   non-temporal stores (us, 1 thread then 2): (36864, 128) columns (18 MiB) 4460 -> 3608
+//   the L3. Zen 4 VM (32 MiB L3), fp32 backward, libtorch and fastwn in one process, each
+//   timed on its 2nd-4th consecutive call (torch_ab, TORCH_AB_REPEAT=4, avx512 against
+//   avx512:nt), medians, ordinary -> non-temporal stores (us, 1 thread then 2): (36864, 128) columns (18 MiB) 4460 -> 3608
 //   and 2969 -> 2071 (torch 4536, 2603); (2048, 2048) rows (16 MiB) 2478 -> 1594 and
 //   1608 -> 1153; (2048, 1024) (8 MiB) rows 987 -> 606 and 463 -> 356, columns 1242 ->
 //   992 and 556 -> 500; bf16 (36864, 128) (9 MiB) 1219 -> 1070 and 440 -> 450. From 5 to
