@@ -73,16 +73,18 @@ int64_t last_level_cache_bytes() {
 //   of its lines first and push grad_w and v, which the second pass reads again, out of
 //   the L3. Zen 4 VM (32 MiB L3), fp32 backward, libtorch and fastwn in one process, each
 //   timed on its 2nd-4th consecutive call (torch_ab, TORCH_AB_REPEAT=4, avx512 against
-//   avx512:nt), medians, ordinary -> non-temporal stores (us, 1 thread then 2): (36864, 128) columns (18 MiB) 4460 -> 3608
-//   and 2969 -> 2071 (torch 4536, 2603); (2048, 2048) rows (16 MiB) 2478 -> 1594 and
-//   1608 -> 1153; (2048, 1024) (8 MiB) rows 987 -> 606 and 463 -> 356, columns 1242 ->
-//   992 and 556 -> 500; bf16 (36864, 128) (9 MiB) 1219 -> 1070 and 440 -> 450. From 5 to
-//   8 MiB it goes either way: (1280, 1024) rows 296 -> 311 and 109 -> 146, columns 566 ->
-//   440 and 437 -> 370; (1536, 1024) rows 514 -> 289 and 219 -> 256; bf16 (2048, 2048)
-//   751 -> 807 and 655 -> 512. At 4 MiB it loses: (1024, 1024) rows 80 -> 153 and columns
-//   140 -> 211 at 2 threads. In Python (one process per build, against torch's in the
-//   same process), wav2vec2's (768, 48, 128) dim=2 fp32 forward + backward went from
-//   0.92-0.99x torch to 1.02-1.17x in resident memory (`warm`, `default`; 1 and 2 threads).
+//   avx512:nt), medians, ordinary -> non-temporal stores (us, 1 thread then 2):
+//   (36864, 128) columns (18 MiB) 3797 -> 3178 and 1629 -> 1291 (torch 3633, 1624);
+//   (2048, 2048) rows (16 MiB) 2110 -> 1424 and 1097 -> 717; (4096, 1024) columns (16 MiB)
+//   2997 -> 2547 and 1164 -> 902; (2560, 1024) (10 MiB) rows 945 -> 574 and 344 -> 322,
+//   columns 1336 -> 1007 and 849 -> 710; bf16 (36864, 128) (9 MiB) 1228 -> 1137 and 503
+//   -> 492. From 8 MiB down it goes either way at 2 threads, where the caches of both
+//   cores hold more: (2048, 1024) rows 857 -> 498 but 198 -> 239 (247 -> 298 in another
+//   run), columns 1063 -> 755 and 465 -> 466; (1280, 1024) rows 234 -> 219 and 96 -> 187;
+//   (1024, 1024) rows 166 -> 174 and 82 -> 150, columns 284 -> 262 and 150 -> 217.
+//   In Python (one process per build, against torch's in the same process), wav2vec2's
+//   (768, 48, 128) dim=2 fp32 forward + backward went from 0.92-0.99x torch to
+//   1.02-1.17x in resident memory (`warm`, `default`; 1 and 2 threads).
 // - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
 //   block at a time instead of faulting page by page: the zeroing is the same, the
 //   traps are not. populate_for_write skips whatever pages are resident after all.
