@@ -82,9 +82,11 @@ int64_t last_level_cache_bytes() {
 //   cores hold more: (2048, 1024) rows 857 -> 498 but 198 -> 239 (247 -> 298 in another
 //   run), columns 1063 -> 755 and 465 -> 466; (1280, 1024) rows 234 -> 219 and 96 -> 187;
 //   (1024, 1024) rows 166 -> 174 and 82 -> 150, columns 284 -> 262 and 150 -> 217.
-//   In Python (one process per build, against torch's in the same process), wav2vec2's
-//   (768, 48, 128) dim=2 fp32 forward + backward went from 0.92-0.99x torch to
-//   1.02-1.17x in resident memory (`warm`, `default`; 1 and 2 threads).
+//   In Python, one process switching between the two rules call by call, wav2vec2's
+//   (768, 48, 128) dim=2 forward + backward (medians, ms, 2 threads then 1): fp32 in
+//   glibc's heap 3.84 -> 3.28 and 6.10 -> 5.48 (torch 3.78, 5.76), 3.82 -> 3.24 and 5.95
+//   -> 5.48 in another process (torch 3.79, 5.99); bf16 within 4 %; fresh huge pages
+//   (populated, never streamed) the same.
 // - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
 //   block at a time instead of faulting page by page: the zeroing is the same, the
 //   traps are not. populate_for_write skips whatever pages are resident after all.
