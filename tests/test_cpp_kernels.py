@@ -1,8 +1,9 @@
 """Builds and runs tests/cpp: the torch-free CPU kernels on their own, written with ordinary
 stores, non-temporal ones (which the glue picks only for resident outputs larger than 3/4
 of the last-level cache for w, 1/4 for grad_v, so the Python tests cannot be sure to get
-them) and into populated fresh pages, against a float64 reference and each other; populate_for_write itself; and the CUDA
-schedule's host code (plan_test), which needs no GPU."""
+them) and into populated fresh pages, against a float64 reference and each other;
+populate_for_write itself; and the CUDA schedule's host code (plan_test), which needs no
+GPU."""
 import functools
 import os
 import pathlib

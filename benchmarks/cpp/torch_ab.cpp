@@ -131,8 +131,11 @@ int main(int argc, char** argv) {
     names.push_back(argv[a]);
     const size_t colon = names.back().find(':');
     const std::string c = names.back().substr(0, colon);
-    const OutputWrite write = colon != std::string::npos && names.back().substr(colon) == ":nt" ? OutputWrite::streamed
-                                                                                              : OutputWrite::cached;
+    if (colon != std::string::npos && (names.back().substr(colon) != ":nt" || c == "torch" || c == "clone")) {
+      std::fprintf(stderr, "%s: only a kernel set takes a suffix, and only :nt\n", names.back().c_str());
+      return 2;
+    }
+    const OutputWrite write = colon != std::string::npos ? OutputWrite::streamed : OutputWrite::cached;
     if (c == "clone") {
       fns.push_back([&] { return v.clone(); });
     } else if (c == "torch") {
