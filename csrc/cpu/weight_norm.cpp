@@ -66,27 +66,33 @@ int64_t last_level_cache_bytes() {
 //   forward 92 -> 109 % of a clone's time, fp16 78 -> 108, dim=1 57 -> 67 and 55 -> 63;
 //   forward + backward 7.0 -> 5.5 ms, 5.5 -> 4.7, dim=1 10.0 -> 8.6, 10.1 -> 8.9. (16 MiB
 //   read the same.)
-// - grad_v: 1/4 of the last-level cache, where the backward's three tensors of that size
-//   (grad_w, v, grad_v) outgrow 3/4 of it. Its reader is the optimizer, after the rest
-//   of the backward (or autograd adding it to an existing .grad at once, which then reads
-//   it from memory), so the cache has little to keep it for; ordinary stores read each
-//   of its lines first and push grad_w and v, which the second pass reads again, out of
-//   the L3. Zen 4 VM (32 MiB L3), fp32 backward, libtorch and fastwn in one process, each
-//   timed on its 2nd-4th consecutive call (torch_ab, TORCH_AB_REPEAT=4, avx512 against
-//   avx512:nt), medians, ordinary -> non-temporal stores (us, 1 thread then 2):
-//   (36864, 128) columns (18 MiB) 3797 -> 3178 and 1629 -> 1291 (torch 3633, 1624);
-//   (2048, 2048) rows (16 MiB) 2110 -> 1424 and 1097 -> 717; (4096, 1024) columns (16 MiB)
-//   2997 -> 2547 and 1164 -> 902; (2560, 1024) (10 MiB) rows 945 -> 574 and 344 -> 322,
-//   columns 1336 -> 1007 and 849 -> 710; bf16 (36864, 128) (9 MiB) 1228 -> 1137 and 503
-//   -> 492. From 8 MiB down it goes either way at 2 threads, where the caches of both
-//   cores hold more: (2048, 1024) rows 857 -> 498 but 198 -> 239 (247 -> 298 in another
-//   run), columns 1063 -> 755 and 465 -> 466; (1280, 1024) rows 234 -> 219 and 96 -> 187;
-//   (1024, 1024) rows 166 -> 174 and 82 -> 150, columns 284 -> 262 and 150 -> 217.
-//   In Python, one process switching between the two rules call by call, wav2vec2's
-//   (768, 48, 128) dim=2 forward + backward (medians, ms, 2 threads then 1): fp32 in
-//   glibc's heap 3.84 -> 3.28 and 6.10 -> 5.48 (torch 3.78, 5.76), 3.82 -> 3.24 and 5.95
-//   -> 5.48 in another process (torch 3.79, 5.99); bf16 within 4 %; fresh huge pages
-//   (populated, never streamed) the same.
+// - grad_v: 1/4 of the last-level cache, where the backward's three tensors of that
+//   size (grad_w, v, grad_v) outgrow 3/4 of it. Its reader is the optimizer, after the
+//   rest of the backward (or autograd adding it to an existing .grad at once, which
+//   then reads it from memory), so the cache has little to keep it for; ordinary stores
+//   read each of its lines first and push grad_w and v, which the second pass reads
+//   again, out of the L3. Zen 4 VM (32 MiB L3), backward (fp32 where not said), libtorch
+//   and fastwn in one process, each timed on its 2nd-4th consecutive call (torch_ab,
+//   TORCH_AB_REPEAT=4, avx512 against avx512:nt), medians, ordinary -> non-temporal
+//   stores (us, 1 thread then 2): (36864, 128) columns (18 MiB) 3797 -> 3178 and 1629
+//   -> 1291 (torch 3633, 1624); (2048, 2048) rows (16 MiB) 2110 -> 1424 and 1097 ->
+//   717; (4096, 1024) columns (16 MiB) 2997 -> 2547 and 1164 -> 902; (2560, 1024) (10
+//   MiB) rows 945 -> 574 and 344 -> 322, columns 1336 -> 1007 and 849 -> 710; bf16
+//   (36864, 128) (9 MiB) 1228 -> 1137 and 503 -> 492. bf16/fp16 rows, whose loops
+//   convert as much as they move, went either way at 1 thread and gained at 2: (4096,
+//   2048) (16 MiB) bf16 1738 -> 2012, 1665 -> 1910, 3631 -> 3709 and 1527 -> 1277, fp16
+//   1799 -> 2010, 2004 -> 2058, 3025 -> 2657 and 1871 -> 1508; (2048, 4096) bf16 3251
+//   -> 2862 and 2017 -> 2017 (1 thread); columns gained or tied ((4096, 2048) bf16 4255
+//   -> 3914 and 1952 -> 1726, fp16 3961 -> 3984 and 2975 -> 2660). From 8 MiB down it
+//   goes either way at 2 threads, where the caches of both cores hold more: (2048,
+//   1024) rows 857 -> 498 but 198 -> 239 (247 -> 298 in another run), columns 1063 ->
+//   755 and 465 -> 466; (1280, 1024) rows 234 -> 219 and 96 -> 187; (1024, 1024) rows
+//   166 -> 174 and 82 -> 150, columns 284 -> 262 and 150 -> 217. In Python, one process
+//   switching between the two rules call by call, wav2vec2's (768, 48, 128) dim=2
+//   forward + backward (medians, ms, 2 threads then 1): fp32 in glibc's heap 3.84 ->
+//   3.28 and 6.10 -> 5.48 (torch 3.78, 5.76), 3.82 -> 3.24 and 5.95 -> 5.48 in another
+//   process (torch 3.79, 5.99); bf16 within 4 %; fresh huge pages (populated, never
+//   streamed) the same.
 // - Fresh pages (glibc maps large blocks anew and unmaps them on free) are populated a
 //   block at a time instead of faulting page by page: the zeroing is the same, the
 //   traps are not. populate_for_write skips whatever pages are resident after all.
