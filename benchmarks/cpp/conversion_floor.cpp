@@ -16,19 +16,17 @@
 // bits for them, so fastwn does not use it; it is here to show what the rounding costs.
 #include <immintrin.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../../csrc/cpu/vec.h"
+#include "floor_probe.h"
 
 namespace {
 
@@ -89,26 +87,14 @@ std::vector<T> random_rows(int64_t count) {
   return out;
 }
 
-struct Candidate {
-  std::string name;
-  std::function<void()> run;
-  std::string copy;  // the memcpy candidate it is measured against
-  std::vector<double> us;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::fprintf(stderr, "usage: conversion_floor ROWS COLS ROUNDS (COLS a multiple of 64)\n");
+  probe::Args args;
+  if (!probe::read_args(argc, argv, "conversion_floor ROWS COLS ROUNDS (COLS a multiple of 64)", 1, 64, args))
     return 2;
-  }
-  const int64_t rows = std::atoll(argv[1]), cols = std::atoll(argv[2]), n = rows * cols;
-  const int rounds = std::atoi(argv[3]);
-  if (rows < 1 || cols < 64 || cols % 64 != 0 || rounds < 1) {
-    std::fprintf(stderr, "conversion_floor: ROWS >= 1, COLS a positive multiple of 64, ROUNDS >= 1\n");
-    return 2;
-  }
+  const int64_t rows = args.rows, cols = args.cols, n = rows * cols;
+  const int rounds = args.rounds;
   const auto v32 = random_rows<float>(n);
   const auto vbf = random_rows<bf16_t>(n);
   const auto vh = random_rows<f16_t>(n);
@@ -116,7 +102,7 @@ int main(int argc, char** argv) {
   std::vector<bf16_t> wbf(size_t(n), bf16_t{1});
   std::vector<f16_t> wh(size_t(n), f16_t{1});
 
-  std::vector<Candidate> cs;
+  std::vector<probe::Candidate> cs;
   for (bool overlap : {false, true}) {
     const std::string sched = overlap ? " overlapped" : " in turn";
     cs.push_back({"fp32" + sched, [&, overlap] { forward<float, false>(v32.data(), w32.data(), rows, cols, overlap); }, "memcpy 4 B", {}});
@@ -128,33 +114,8 @@ int main(int argc, char** argv) {
   cs.push_back({"memcpy 4 B", [&] { std::memcpy(w32.data(), v32.data(), size_t(n) * 4); }, "", {}});
   cs.push_back({"memcpy 2 B", [&] { std::memcpy(wbf.data(), vbf.data(), size_t(n) * 2); }, "", {}});
 
-  std::vector<size_t> order(cs.size());
-  for (size_t k = 0; k < order.size(); ++k) order[k] = k;
-  std::mt19937 shuffle_rng(0);
-  for (auto& c : cs) c.run();  // warm-up: every buffer touched and in the caches it fits
-  for (int round = 0; round < rounds; ++round) {
-    std::shuffle(order.begin(), order.end(), shuffle_rng);
-    for (size_t k : order) {
-      const auto t0 = std::chrono::steady_clock::now();
-      cs[k].run();
-      cs[k].us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-    }
-  }
-  auto median = [](std::vector<double> x) {
-    std::sort(x.begin(), x.end());
-    return x[x.size() / 2];
-  };
+  probe::time_rounds(cs, rounds);
   std::printf("[%lld rows, %lld cols], 1 thread, medians of %d rounds:\n", (long long)rows, (long long)cols, rounds);
-  for (const auto& c : cs) {
-    const double t = median(c.us);
-    if (c.copy.empty()) {
-      std::printf("  %-32s %9.1f us\n", c.name.c_str(), t);
-      continue;
-    }
-    double copy_us = 0;
-    for (const auto& d : cs)
-      if (d.name == c.copy) copy_us = median(d.us);
-    std::printf("  %-32s %9.1f us  %3.0f %% of %s's time\n", c.name.c_str(), t, 100 * copy_us / t, c.copy.c_str());
-  }
+  probe::print_medians(cs);
   return 0;
 }
