@@ -36,7 +36,7 @@
 
 #include "../../csrc/cpu/vec.h"
 #include "../../csrc/kernels.h"
-#include "floor_probe.h"
+#include "probe.h"
 
 namespace {
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "../../csrc/cpu/vec.h"
-#include "floor_probe.h"
+#include "probe.h"
 
 namespace {
 

@@ -8,10 +8,11 @@
 //
 // PyTorch's CPU weight-norm kernel (at::_weight_norm_interface and its backward) and
 // fastwn's kernel sets, called from one C++ process on the same tensors, in rounds that
-// run every candidate once in a shuffled order; prints each candidate's median time per
-// call and torch's time over it. No Python, no autograd, no dispatcher on fastwn's side:
-// the kernels themselves, each allocating its outputs per call as the libraries do
-// (torch: w and its buffers; fastwn: w or grad_v and the norm, through at::empty).
+// run every candidate once in a shuffled order (probe.h's timing loop); prints each
+// candidate's median time per call and torch's time over it. No Python, no autograd, no
+// dispatcher on fastwn's side: the kernels themselves, each allocating its outputs per
+// call as the libraries do (torch: w and its buffers; fastwn: w or grad_v and the norm,
+// through at::empty).
 // Why in one process: the time of the same code moves by up to 25 % from one process to
 // the next on the 2-core VM (the placement of its code and data), so a comparison of two
 // processes, as kernel_probe against Python, can show a gap that is not there.
@@ -35,18 +36,17 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <new>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "../../csrc/kernels.h"
+#include "probe.h"
 
 using namespace fastwn;
 
@@ -175,28 +175,14 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::vector<std::vector<double>> t(fns.size());
-  std::vector<size_t> order(fns.size());
-  for (size_t k = 0; k < order.size(); ++k) order[k] = k;
-  std::mt19937 rng(0);
+  std::vector<probe::Candidate> cs;
+  for (size_t k = 0; k < fns.size(); ++k) cs.push_back({names[k], [&, k] { fns[k](); }, "", {}});
   const char* repeat_env = std::getenv("TORCH_AB_REPEAT");
-  const int repeat = std::max(1, repeat_env ? std::atoi(repeat_env) : 1);
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t k : order) {
-      if (repeat > 1) fns[k]();  // untimed: leaves the caches as this candidate does
-      for (int i = 0; i < std::max(1, repeat - 1); ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        fns[k]();
-        t[k].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-      }
-    }
-  }
+  probe::time_rounds(cs, rounds, std::max(1, repeat_env ? std::atoi(repeat_env) : 1));
   double torch_us = 0;
   std::vector<double> med(fns.size());
   for (size_t k = 0; k < fns.size(); ++k) {
-    std::sort(t[k].begin(), t[k].end());
-    med[k] = t[k][t[k].size() / 2];
+    med[k] = probe::median_us(cs[k]);
     if (names[k] == "torch") torch_us = med[k];
   }
   std::printf("%s %s [%lld,%lld,%lld] %s threads:", dir.c_str(), dt.c_str(), (long long)outer, (long long)D,

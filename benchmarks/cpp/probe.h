@@ -1,9 +1,9 @@
-// What the floor probes (conversion_floor.cpp, column_floor.cpp) share: their arguments
-// (ROWS COLS ROUNDS) and their timing loop. Every round runs every candidate once, in a
-// shuffled order (seeded), after one untimed call of each (every buffer touched, and in
-// the caches it fits); a candidate's time is the median over the rounds. In one process
-// and interleaved, so that a comparison does not rest on where two processes' code and
-// data happened to land, nor on the minute.
+// What the probes of benchmarks/cpp share: the floor probes' arguments (ROWS COLS ROUNDS:
+// conversion_floor.cpp, column_floor.cpp) and the timing loop of those and torch_ab.cpp.
+// Every round runs every candidate once, in a shuffled order (seeded), after one untimed
+// call of each (every buffer touched, and in the caches it fits); a candidate's time is
+// the median over the rounds. In one process and interleaved, so that a comparison does
+// not rest on where two processes' code and data happened to land, nor on the minute.
 #pragma once
 
 #include <algorithm>
@@ -43,7 +43,10 @@ struct Candidate {
   std::vector<double> us;
 };
 
-inline void time_rounds(std::vector<Candidate>& cs, int rounds) {
+// repeat > 1: each round runs each candidate `repeat` times in a row and times all but the
+// first, so that every timed call finds the caches as the same candidate's previous call
+// left them (torch_ab's TORCH_AB_REPEAT).
+inline void time_rounds(std::vector<Candidate>& cs, int rounds, int repeat = 1) {
   std::vector<size_t> order(cs.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
   std::mt19937 rng(0);
@@ -51,9 +54,12 @@ inline void time_rounds(std::vector<Candidate>& cs, int rounds) {
   for (int round = 0; round < rounds; ++round) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t k : order) {
-      const auto t0 = std::chrono::steady_clock::now();
-      cs[k].run();
-      cs[k].us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      if (repeat > 1) cs[k].run();  // untimed: leaves the caches as this candidate does
+      for (int i = 0; i < std::max(1, repeat - 1); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        cs[k].run();
+        cs[k].us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
     }
   }
 }
