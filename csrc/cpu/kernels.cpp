@@ -288,39 +288,68 @@ FASTWN_FLATTEN typename Op::A reduce(Op op, int64_t off, int64_t n, Side side = 
   return ((a0 + a1) + (a2 + a3)).hsum();
 }
 
-// acc[j] += the terms of elements off + r * stride + j for r in [0, rows), j in [0, n):
-// the column reduction of one group of rows. The rows share one load and store of the
-// accumulators; the FMAs still chain in row order, so the sums are those of a
-// row-by-row loop, bit for bit, whatever the grouping.
-// kRows > 0: the group has that many rows, a constant for which the compiler unrolls the
-// row loop (reduce_column_group picks it).
-template <int64_t kRows, class Op>
-void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
+// Where a pass of the column reduction starts and where its sums go. The passes over one
+// block of rows (kSumRows) link: the first starts from zero, the middle ones carry the
+// block's sums in part, and the last adds them into the task's sums (acc); a block of one
+// pass does both. The same sums, bit for bit, as zeroing part, adding every pass into it
+// and then part into acc, without those two extra passes over the sums.
+enum class Link { first, middle, last, only };
+
+// One pass: rows [0, rows) of the elements off + r * stride + j, j in [0, n), added to
+// the sums L says. The rows share one load and store of the sums; the FMAs still chain
+// in row order, so the sums are those of a row-by-row loop, bit for bit, whatever the
+// grouping. kRows > 0: the pass has that many rows, a constant for which the compiler
+// unrolls the row loop.
+template <int64_t kRows, Link L, class Op>
+void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* part,
+                    typename Op::A* acc) {
   using V = typename Op::V;
   const int64_t count = kRows > 0 ? kRows : rows;
   for_chunks<V>(n, [&](int64_t j, int64_t c) {
-    V a = ld<V>(acc + j, c);
+    V a = L == Link::first || L == Link::only ? V::zero() : ld<V>(part + j, c);
     for (int64_t r = 0; r < count; ++r) a = op.acc(a, off + r * stride + j, c);
-    st(a, acc + j, c);
+    if constexpr (L == Link::last || L == Link::only) st(ld<V>(acc + j, c) + a, acc + j, c);
+    else st(a, part + j, c);
   });
 }
 
-// reduce_columns with the row loop unrolled for the group sizes plan_columns gives: with
-// a runtime count, each row's chunk (one load and FMA) also paid a compare, a branch and
-// two adds. Kernel instructions per call (callgrind, kernel_probe, 1 thread), runtime
-// count -> unrolled: (36864, 128) columns fp16 forward 10.4M -> 7.8M, fp32 11.9M -> 8.8M;
+// One block of rows ([0, rows), at most kSumRows) into acc, kRows rows per pass and the
+// rest in a last, shorter one. The row count is a constant in every full pass: with a
+// runtime count, each row's chunk (one load and FMA) also paid a compare, a branch and two
+// adds. Kernel instructions per call (callgrind, kernel_probe, 1 thread), runtime count
+// -> unrolled: (36864, 128) columns fp16 forward 10.4M -> 7.8M, fp32 11.9M -> 8.8M;
 // (1024, 1024) fp32 forward 1.55M -> 1.03M, backward 2.22M -> 1.46M; bf16 8-11 % fewer.
 // In perf's cpu-clock samples of the (36864, 128) fp16 forward, the reduction went from
-// 1.03-1.12x the samples of torch's to 0.72-0.74x. Groups of 1 row (short rows from
-// memory) and a block's shorter last group keep the runtime count: a case for 1 row read
-// 0.97x torch against 0.96 (torch_ab, (36864, 128) fp32 backward, 1 thread, Zen 4 VM).
+// 1.03-1.12x the samples of torch's to 0.72-0.74x.
+// The block's passes run in one function and link (Link): before, each pass was a call
+// of its own and the block's sums were zeroed before and added into acc after. Zen 4 VM,
+// (1024, 1024) columns fp32 forward, 1 thread, the AVX2 kernel in benchmarks/cpp/
+// column_floor's process (rdtsc around the reduction, medians of 60-80 rounds, kcycles;
+// before -> this, five runs): 139.7-144.4 -> 131.7-135.5 (quiet host), 175.6-179.4 ->
+// 164.2-169.3 (busy); the same loops written out in the probe took 129.7-133.6 and
+// 162.6-163.8.
+template <int64_t kRows, class Op>
+void reduce_column_passes(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* part,
+                          typename Op::A* acc) {
+  if (rows == kRows) return reduce_columns<kRows, Link::only>(op, off, stride, rows, n, part, acc);
+  if (rows < kRows) return reduce_columns<0, Link::only>(op, off, stride, rows, n, part, acc);
+  reduce_columns<kRows, Link::first>(op, off, stride, kRows, n, part, acc);
+  int64_t r = kRows;
+  for (; rows - r > kRows; r += kRows)
+    reduce_columns<kRows, Link::middle>(op, off + r * stride, stride, kRows, n, part, acc);
+  if (rows - r == kRows) return reduce_columns<kRows, Link::last>(op, off + r * stride, stride, kRows, n, part, acc);
+  reduce_columns<0, Link::last>(op, off + r * stride, stride, rows - r, n, part, acc);
+}
+
+// reduce_column_passes for the group sizes plan_columns gives.
 template <class Op>
-void reduce_column_group(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* acc) {
-  switch (rows) {
-    case 8: return reduce_columns<8>(op, off, stride, rows, n, acc);
-    case 4: return reduce_columns<4>(op, off, stride, rows, n, acc);
-    case 2: return reduce_columns<2>(op, off, stride, rows, n, acc);
-    default: return reduce_columns<0>(op, off, stride, rows, n, acc);
+void reduce_column_block(Op op, int64_t off, int64_t stride, int64_t rows, int64_t group, int64_t n,
+                         typename Op::A* part, typename Op::A* acc) {
+  switch (group) {
+    case 8: return reduce_column_passes<8>(op, off, stride, rows, n, part, acc);
+    case 4: return reduce_column_passes<4>(op, off, stride, rows, n, part, acc);
+    case 2: return reduce_column_passes<2>(op, off, stride, rows, n, part, acc);
+    default: return reduce_column_passes<1>(op, off, stride, rows, n, part, acc);
   }
 }
 
@@ -380,17 +409,11 @@ int64_t plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64
   const int64_t period = kL1SetSpan / std::gcd(stride_bytes, kL1SetSpan);
   const bool in_cache = input_bytes <= kCacheResident;
   // In the caches the accumulators' line counts too: one way fewer (see above). The
-  // count is rounded down to a power of two, the group sizes reduce_column_group unrolls.
+  // count is rounded down to a power of two, the group sizes reduce_column_block unrolls.
   const int64_t ways = in_cache ? kL1Ways - 1 : kL1Ways;
   const int64_t fit = std::clamp<int64_t>(std::bit_floor(uint64_t(period * (ways / streams))), 1, kMaxRows);
   if (row_bytes >= kPage || in_cache) return fit;
   return std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit);
-}
-
-// acc[j] += x[j] for j in [0, n).
-template <class V, class A>
-void add_into(A* acc, const A* x, int64_t n) {
-  for_chunks<V>(n, [&](int64_t j, int64_t c) { st(ld<V>(acc + j, c) + ld<V>(x + j, c), acc + j, c); });
 }
 
 // f(NoNaN{}) when the outputs cannot be NaN (finish() said so), else f(). Outputs so
@@ -545,14 +568,9 @@ void run(const Op& op, const Shape3& s, int64_t elem_bytes, ParallelFor par) {
       if (inner == 1) {
         const int64_t group = plan_columns((d1 - d0) * elem_bytes, D * elem_bytes, Op::kStreams, N * elem_bytes,
                                             Op::kWidens);
-        A block[kColumnBlock];  // plan_reduction: d1 - d0 <= kColumnBlock
-        for (int64_t ob = o0; ob < o1; ob += kSumRows) {
-          const int64_t ob1 = std::min(o1, ob + kSumRows);
-          std::fill(block, block + (d1 - d0), A(0));
-          for (int64_t o = ob; o < ob1; o += group)
-            reduce_column_group(op, o * D + d0, D, std::min(group, ob1 - o), d1 - d0, block);
-          add_into<typename Op::V>(acc + d0, block, d1 - d0);
-        }
+        A block[kColumnBlock];  // a block's sums (plan_reduction: d1 - d0 <= kColumnBlock)
+        for (int64_t ob = o0; ob < o1; ob += kSumRows)
+          reduce_column_block(op, ob * D + d0, D, std::min(o1, ob + kSumRows) - ob, group, d1 - d0, block, acc + d0);
       } else {
         for (int64_t o = o0; o < o1; ++o)
           for (int64_t d = d0; d < d1; ++d) acc[d] += reduce(op, (o * D + d) * inner + i0, i1 - i0);
