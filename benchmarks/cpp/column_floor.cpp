@@ -13,17 +13,18 @@
 //   fp32 kernels for this shape): rows r..r+G-1 per pass over a row of column sums (load
 //   the sums, G FMAs, store), G = 1 (torch's loop) or 4 (fastwn's); plain, or in blocks
 //   of 32 rows the way fastwn bounds the chain of rounding errors (kSumRows: the block's
-//   sums start at zero and are added into the column sums after it), or linked (the
-//   block's first pass starts from zero, its last adds into the column sums: the same
-//   sums, without the zeroing and adding passes); and strips of 64 columns whose sums
+//   sums start at zero and are added into the column sums after it, fastwn's loop before
+//   2026-12-08), or linked (the block's first pass starts from zero, its last adds into
+//   the column sums: the same sums, without the zeroing and adding passes; fastwn's loop
+//   since, kernels.cpp's Link); and strips of 64 columns whose sums
 //   stay in registers down every row (no sums loaded or stored; each row gives a strip
 //   256 B, COLS * 4 bytes after the last);
 // - the rescale by a per-column scale (both libraries' loop: load v, load the scale,
 //   multiply, store);
 // - whole forwards: the floor (the two floors in turn), torch's loops (one row per pass,
-//   then the rescale), four rows per pass in blocks then the rescale (the loops fastwn's
-//   kernel runs for an fp32 forward in the caches whose rows are a multiple of 4 KiB:
-//   plan_columns), and fastwn's kernel itself (cpu::avx2::forward: the AVX-512 set hands
+//   then the rescale), four rows per pass in linked blocks then the rescale (the loops
+//   fastwn's kernel runs for an fp32 forward in the caches whose rows are a multiple of
+//   4 KiB: plan_columns), and fastwn's kernel itself (cpu::avx2::forward: the AVX-512 set hands
 //   fp32 columns of rows of a page or more to it).
 #include <algorithm>
 #include <cmath>
@@ -215,7 +216,7 @@ int main(int argc, char** argv) {
       {"memcpy v -> w", [&] { std::memcpy(w.data(), v.data(), size_t(n) * 4); }, "", {}},
       {kFloor, [&] { rescale_one(v.data(), n, 1.f / std::sqrt(read_once(v.data(), n)), w.data()); }, "", {}},
       {"forward, torch's loops", forward_after(sums_of<1, Chain::plain>), kFloor, {}},
-      {"forward, 4 rows/pass in blocks", forward_after(sums_of<4, Chain::blocks>), kFloor, {}},
+      {"forward, 4 rows/pass linked", forward_after(sums_of<4, Chain::linked>), kFloor, {}},
       {"forward, fastwn's kernel",
        [&] {
          const FwdParams p{Shape3{rows, cols, 1}, DType::f32, v.data(), ones.data(), w.data(), norm.data(), 0.0};
