@@ -325,9 +325,13 @@ void reduce_columns(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n,
 // of its own and the block's sums were zeroed before and added into acc after. Zen 4 VM,
 // (1024, 1024) columns fp32 forward, 1 thread, the AVX2 kernel in benchmarks/cpp/
 // column_floor's process (rdtsc around the reduction, medians of 60-80 rounds, kcycles;
-// before -> this, five runs): 139.7-144.4 -> 131.7-135.5 (quiet host), 175.6-179.4 ->
+// before -> this, seven runs): 139.7-144.4 -> 131.7-135.5 (quiet host), 175.6-179.4 ->
 // 164.2-169.3 (busy); the same loops written out in the probe took 129.7-133.6 and
-// 162.6-163.8.
+// 162.6-163.8. Groups of one row (short rows from memory) gain the most instructions:
+// callgrind, AVX2, per call, (36864, 128) columns fp32 forward 19.2M -> 9.7M, backward
+// 20.8M -> 12.3M; their time less so (torch_ab's process, AVX-512, torch/this: forward
+// at 1 thread 1.00-1.19 -> 0.98-1.15, lower in 11 of 13 runs; backward with streamed
+// grad_v 0.96-1.35 -> 1.04-1.43, higher in all six).
 template <int64_t kRows, class Op>
 void reduce_column_passes(Op op, int64_t off, int64_t stride, int64_t rows, int64_t n, typename Op::A* part,
                           typename Op::A* acc) {
