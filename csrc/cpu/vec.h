@@ -6,6 +6,9 @@
 // namespace FASTWN_ISA so that inline code built with AVX-512 flags can never be the
 // copy the linker keeps for the scalar path (an ODR trap with per-file ISA flags).
 //
+// max(a, b) is x86's max: a where a > b, else b, so b when either is NaN (max(eps, n)
+// keeps a NaN n, as std::max(n, eps) does).
+//
 // Loads and stores are unaligned: a view may start anywhere. load(p, n) / store(p, n)
 // touch only the first n < W lanes' memory (masked on AVX-512, via a stack buffer on
 // AVX2), so loops need no separate scalar tail code. stream(p) is a full-width
@@ -143,6 +146,8 @@ template <> struct Vec<float> {
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.x, b.x)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.x, b.x)}; }
   friend Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.x)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.x, b.x)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.x, b.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -163,6 +168,8 @@ template <> struct Vec<double> {
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.x, b.x)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm512_div_pd(a.x, b.x)}; }
   friend Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.x)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.x, b.x)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_pd(a.x, b.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -227,6 +234,8 @@ template <> struct Vec<float> {
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.x, b.x)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.x, b.x)}; }
   friend Vec sqrt(Vec a) { return {_mm256_sqrt_ps(a.x)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.x, b.x)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.x, b.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -249,6 +258,8 @@ template <> struct Vec<double> {
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_pd(a.x, b.x)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm256_div_pd(a.x, b.x)}; }
   friend Vec sqrt(Vec a) { return {_mm256_sqrt_pd(a.x)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_pd(a.x, b.x)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm256_max_pd(a.x, b.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -335,6 +346,8 @@ template <class Acc> struct Vec {
   friend Vec operator*(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u * w; }); }
   friend Vec operator/(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u / w; }); }
   friend Vec sqrt(const Vec& a) { return map(a, a, [](Acc u, Acc) { return std::sqrt(u); }); }
+  friend Vec operator-(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u - w; }); }
+  friend Vec max(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u > w ? u : w; }); }
   // Plain multiply-add: without -mfma, std::fma is a slow software routine.
   friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
     Vec r;
