@@ -16,16 +16,16 @@
 //   sums start at zero and are added into the column sums after it, fastwn's loop before
 //   2026-12-08), or linked (the block's first pass starts from zero, its last adds into
 //   the column sums: the same sums, without the zeroing and adding passes; fastwn's loop
-//   since, kernels.cpp's Link); and strips of 64 columns whose sums
-//   stay in registers down every row (no sums loaded or stored; each row gives a strip
-//   256 B, COLS * 4 bytes after the last);
+//   since, kernels.cpp's Link); and strips of 64 columns whose sums stay in registers
+//   down every row (no sums loaded or stored; each row gives a strip 256 B, COLS * 4
+//   bytes after the last);
 // - the rescale by a per-column scale (both libraries' loop: load v, load the scale,
 //   multiply, store);
 // - whole forwards: the floor (the two floors in turn), torch's loops (one row per pass,
 //   then the rescale), four rows per pass in linked blocks then the rescale (the loops
 //   fastwn's kernel runs for an fp32 forward in the caches whose rows are a multiple of
-//   4 KiB: plan_columns), and fastwn's kernel itself (cpu::avx2::forward: the AVX-512 set hands
-//   fp32 columns of rows of a page or more to it).
+//   4 KiB: plan_columns), and fastwn's kernel itself (cpu::avx2::forward: the AVX-512
+//   set hands fp32 columns of rows of a page or more to it).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
