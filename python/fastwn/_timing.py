@@ -34,7 +34,12 @@ MAX_REPS = 5000
 
 
 def median_times(fns: dict, device: str, reps: int, budget_s: float) -> dict:
-    """Median time of each function, measured in rounds that run each once: whether a
+    """Median time of each function (sample_times' rounds)."""
+    return {name: statistics.median(ts) for name, ts in sample_times(fns, device, reps, budget_s).items()}
+
+
+def sample_times(fns: dict, device: str, reps: int, budget_s: float) -> dict:
+    """Every timing of each function, measured in rounds that run each once: whether a
     fresh output page-faults depends on the allocator's state, so all candidates share
     that state rather than each being timed in a phase of its own. At least ``reps``
     rounds, more (up to MAX_REPS) until every function has run MIN_TIMED_S; past
@@ -60,4 +65,4 @@ def median_times(fns: dict, device: str, reps: int, budget_s: float) -> dict:
         rng.shuffle(order)
         for name in order:
             times[name].append(clock(fns[name]))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
