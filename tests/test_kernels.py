@@ -147,8 +147,11 @@ def test_zero_slice_matches_torch_without_eps(isa, device, shape, dim, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,dim", [((4, 37), 0), ((37, 4), 1), ((3, 4, 5), 1), ((3, 40001), 0)], ids=str)
+@pytest.mark.parametrize("shape,dim", [((4, 37), 0), ((37, 4), 1), ((37, 40), 1), ((3, 4, 5), 1), ((3, 40001), 0)],
+                         ids=str)
 def test_zero_and_tiny_slices_with_eps(isa, device, shape, dim, dtype):
+    """The clamped slices among others: (37, 40) columns put them in a full vector of
+    the per-slice step (kernels.cpp, finish_slices), (37, 4) in a tail."""
     gen = torch.Generator().manual_seed(4)
     v = make(shape, dtype, "contiguous", gen, device)
     v.select(dim, 1).zero_()

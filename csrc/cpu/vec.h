@@ -7,7 +7,9 @@
 // copy the linker keeps for the scalar path (an ODR trap with per-file ISA flags).
 //
 // max(a, b) is x86's max: a where a > b, else b, so b when either is NaN (max(eps, n)
-// keeps a NaN n, as std::max(n, eps) does).
+// keeps a NaN n, as std::max(n, eps) does). -a flips the sign bit, as the scalar -a does
+// (0 - a would give +0 for +0). keep_ge(a, b, x) is x where a >= b, else +0, also where
+// a or b is NaN (as the scalar a >= b ? x : 0).
 //
 // Loads and stores are unaligned: a view may start anywhere. load(p, n) / store(p, n)
 // touch only the first n < W lanes' memory (masked on AVX-512, via a stack buffer on
@@ -148,6 +150,10 @@ template <> struct Vec<float> {
   friend Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.x)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.x, b.x)}; }
   friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.x, b.x)}; }
+  friend Vec operator-(Vec a) {
+    return {_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.x), _mm512_set1_epi32(INT32_MIN)))};
+  }
+  friend Vec keep_ge(Vec a, Vec b, Vec x) { return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a.x, b.x, _CMP_GE_OQ), x.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -170,6 +176,10 @@ template <> struct Vec<double> {
   friend Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.x)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.x, b.x)}; }
   friend Vec max(Vec a, Vec b) { return {_mm512_max_pd(a.x, b.x)}; }
+  friend Vec operator-(Vec a) {
+    return {_mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.x), _mm512_set1_epi64(INT64_MIN)))};
+  }
+  friend Vec keep_ge(Vec a, Vec b, Vec x) { return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a.x, b.x, _CMP_GE_OQ), x.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -236,6 +246,8 @@ template <> struct Vec<float> {
   friend Vec sqrt(Vec a) { return {_mm256_sqrt_ps(a.x)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.x, b.x)}; }
   friend Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.x, b.x)}; }
+  friend Vec operator-(Vec a) { return {_mm256_xor_ps(a.x, _mm256_set1_ps(-0.0f))}; }
+  friend Vec keep_ge(Vec a, Vec b, Vec x) { return {_mm256_and_ps(_mm256_cmp_ps(a.x, b.x, _CMP_GE_OQ), x.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.x, b.x, c.x)}; }
 };
 
@@ -260,6 +272,8 @@ template <> struct Vec<double> {
   friend Vec sqrt(Vec a) { return {_mm256_sqrt_pd(a.x)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_pd(a.x, b.x)}; }
   friend Vec max(Vec a, Vec b) { return {_mm256_max_pd(a.x, b.x)}; }
+  friend Vec operator-(Vec a) { return {_mm256_xor_pd(a.x, _mm256_set1_pd(-0.0))}; }
+  friend Vec keep_ge(Vec a, Vec b, Vec x) { return {_mm256_and_pd(_mm256_cmp_pd(a.x, b.x, _CMP_GE_OQ), x.x)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_pd(a.x, b.x, c.x)}; }
 };
 
@@ -348,6 +362,12 @@ template <class Acc> struct Vec {
   friend Vec sqrt(const Vec& a) { return map(a, a, [](Acc u, Acc) { return std::sqrt(u); }); }
   friend Vec operator-(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u - w; }); }
   friend Vec max(const Vec& a, const Vec& b) { return map(a, b, [](Acc u, Acc w) { return u > w ? u : w; }); }
+  friend Vec operator-(const Vec& a) { return map(a, a, [](Acc u, Acc) { return -u; }); }
+  friend Vec keep_ge(const Vec& a, const Vec& b, const Vec& x) {
+    Vec r;
+    for (int64_t i = 0; i < W; ++i) r.x[i] = a.x[i] >= b.x[i] ? x.x[i] : Acc(0);
+    return r;
+  }
   // Plain multiply-add: without -mfma, std::fma is a slow software routine.
   friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
     Vec r;
