@@ -431,6 +431,21 @@ void reduce_column_block(Op op, int64_t off, int64_t stride, int64_t rows, int64
 // forward 86 -> 84 and 84 -> 82, backward 147 -> 139; (4096, 4096) (64 MiB), 8/4 rows
 // against 4/2: forward 5.5 vs 6.7 ms (2 threads), 10.5 vs 11.1 (1 thread), backward 8.7
 // vs 8.9 and 15.3 vs 15.5; bf16 alike.
+// A backward in the caches whose loads do not widen (fp32, fp64) takes one row per pass
+// where a row of each input and the sums fit the L1 together, as torch's loop does. Two
+// rows per pass issue fewer loads and stores and still ran slower there; the cause is
+// not isolated (the sums stay in the L1 either way). Zen 4 VM, fp32, 2 rows -> 1 (8 ->
+// 1 for (1000, 1000)): torch_ab (kernels, pooled, both builds in one process, three
+// runs, torch's time over fastwn's) faster in 22 of 26 pairs, (1024, 1024) 1 thread
+// 1.01 -> 1.02, 1.00 -> 1.02, 1.01 -> 1.01, (512, 2048) 0.98 -> 1.03, 0.98 -> 1.02, 0.98 ->
+// 1.02, (2048, 512) 0.94 -> 1.00, 0.96 -> 1.01, 0.95 -> 0.99, 2 threads 1.02 -> 1.03, 1.08
+// -> 1.05, 1.07 -> 1.09, (512, 2048) 1.09 -> 1.03, 1.11 -> 1.15, 1.12 -> 1.16; in Python's
+// forward + backward (one process, shuffled rounds, both rules switched per call),
+// (1024, 1024) 0.975 -> 1.021 and 0.973 -> 1.005 at 1 thread, 1.038 -> 1.067 and 1.009 ->
+// 1.040 at 2. Rows of 16 KiB lost with one row ((256, 4096) 1.065 -> 1.034, 1.203 ->
+// 1.170; (64, 4096) 1.144 -> 1.112), and so did bf16 and fp16 (8 of 12 pairs slower:
+// their widening loads are the bound, as above). The forward gained nothing at (1024,
+// 1024) with one row (torch_ab 1.05 -> 1.03 and 1.05 -> 1.02 at 1 thread).
 int64_t plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64_t input_bytes, bool widens) {
   const int64_t group_bytes = widens ? 1024 : 512;
   constexpr int64_t kL1SetSpan = 4096, kL1Ways = 8, kMaxRows = 8;
@@ -440,6 +455,7 @@ int64_t plan_columns(int64_t row_bytes, int64_t stride_bytes, int streams, int64
   // count is rounded down to a power of two, the group sizes reduce_column_block unrolls.
   const int64_t ways = in_cache ? kL1Ways - 1 : kL1Ways;
   const int64_t fit = std::clamp<int64_t>(std::bit_floor(uint64_t(period * (ways / streams))), 1, kMaxRows);
+  if (in_cache && !widens && streams > 1 && (streams + 1) * row_bytes <= kL1Bytes) return 1;
   if (row_bytes >= kPage || in_cache) return fit;
   return std::clamp(group_bytes / (row_bytes * streams), int64_t(1), fit);
 }
