@@ -164,7 +164,7 @@ def machine_info() -> dict:
     return info
 
 
-def _aa(row: dict, kind: str) -> str:
+def format_aa(row: dict, kind: str) -> str:
     """The A/A controls of a row, torch's then fastwn's: "1.01/0.98"."""
     return f"{row[kind + '_aa']:.2f}/{row[kind + '_aa_fastwn']:.2f}"
 
@@ -177,9 +177,9 @@ def format_table(rows: list[dict]) -> str:
         t = r["times_s"]
         lines.append(
             f"{r['case']:<26}{r['dtype']:<10}{r.get('alloc', r['device']):<8}{1e3 * t['fwd_fastwn_both']:>9.3f}"
-            f"{1e3 * t['fwd_torch_both']:>9.3f}{r['fwd_speedup']:>7.2f}{_aa(r, 'fwd'):>11}{r['fwd_gbps']:>8.1f}"
+            f"{1e3 * t['fwd_torch_both']:>9.3f}{r['fwd_speedup']:>7.2f}{format_aa(r, 'fwd'):>11}{r['fwd_gbps']:>8.1f}"
             f"{r['copy_gbps']:>8.1f}{r['fwd_pct_copy']:>7.0f}{1e3 * t['fb_fastwn_both']:>9.3f}"
-            f"{1e3 * t['fb_torch_both']:>9.3f}{r['fb_speedup']:>7.2f}{_aa(r, 'fb'):>11}{r['fb_pct_copy']:>7.0f}"
+            f"{1e3 * t['fb_torch_both']:>9.3f}{r['fb_speedup']:>7.2f}{format_aa(r, 'fb'):>11}{r['fb_pct_copy']:>7.0f}"
             + (f"  compiled: fwd x{t['fwd_compiled'] / t['fwd_fastwn_both']:.2f}, "
                f"f+b x{t['fb_compiled'] / t['fb_fastwn_both']:.2f}" if "fwd_compiled" in t else ""))
     return "\n".join(lines)
@@ -187,8 +187,8 @@ def format_table(rows: list[dict]) -> str:
 
 def _child(args) -> None:
     rows = run_device(args.device, args.dtypes, args.reps, args.budget, args.quick,
-                      progress=lambda r: print(f"  {r['case']} {r['dtype']}: fwd x{r['fwd_speedup']:.2f} (A/A {_aa(r, 'fwd')}), "
-                                               f"f+b x{r['fb_speedup']:.2f} (A/A {_aa(r, 'fb')})",
+                      progress=lambda r: print(f"  {r['case']} {r['dtype']}: fwd x{r['fwd_speedup']:.2f} (A/A {format_aa(r, 'fwd')}), "
+                                               f"f+b x{r['fb_speedup']:.2f} (A/A {format_aa(r, 'fb')})",
                                                file=sys.stderr, flush=True))
     for r in rows:
         r["alloc"] = args.alloc
