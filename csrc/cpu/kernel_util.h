@@ -3,6 +3,7 @@
 // and the switch from DType to a storage type.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -34,6 +35,11 @@ inline void st_full(const V& v, T* p, Tag... tag) {
     else v.store(p);
   }
 }
+
+// Whether every lane of every vector is finite: x - x is 0 for a finite x and NaN for inf
+// or NaN, so the horizontal sum of those differences is finite only when all lanes are.
+template <class... Vs>
+inline bool all_finite(const Vs&... v) { return std::isfinite((... + (v - v)).hsum()); }
 
 // The accumulation type: fp64 for fp64, fp32 for everything else.
 template <class T>

@@ -154,13 +154,12 @@ struct FwdOp {
   bool finish_slices(int64_t d0, int64_t c, V sumsq) const {
     if constexpr (std::is_same_v<T, A>) {
       // fp32/fp64, a full vector: all of it in vectors, the same values bit for bit
-      // (divisor is max(n, eps) here; scale is not rounded). x - x is 0 for finite x and
-      // NaN for inf or NaN, so the lanes are all finite when that sum is.
+      // (divisor is max(n, eps) here; scale is not rounded).
       if (c == V::W) {
         const V n = sqrt(sumsq), s = V::load(g + d0) / max(V::set1(eps), n);
         n.store(norm + d0);
         s.store(scale + d0);
-        return std::isfinite(((n - n) + (s - s)).hsum());
+        return all_finite(n, s);
       }
     }
     A n[V::W], div[V::W], s[V::W];
@@ -230,7 +229,7 @@ struct BwdOp {
         (dot / n_eff).store(gg + d0);
         a.store(coef_a + d0);
         b.store(coef_b + d0);
-        return std::isfinite(((dot - dot) + (a - a) + (b - b)).hsum());
+        return all_finite(dot, a, b);
       }
     }
     A dots[V::W], n[V::W], n_eff[V::W], a[V::W], dot_eff[V::W], dot_n[V::W];
